@@ -43,7 +43,7 @@ pytest:
 
 ## figures that the README and notebooks quote (not run by CI)
 bench: install
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python tests/benchmarks/run_all.py
 
 lab: install
 	$(BIN)/jupyter lab nbs

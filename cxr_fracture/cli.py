@@ -5,15 +5,15 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'build_parser', 'main']
 
-# %% ../nbs/13_cli.ipynb #321e81d8
+# %% ../nbs/13_cli.ipynb #66478d78
 import argparse, importlib, sys
 
-# %% ../nbs/13_cli.ipynb #526354df
+# %% ../nbs/13_cli.ipynb #2952885f
 COMMANDS = {  # subcommand -> (module that registers it, one-line help)
     'phantom':        ('phantom',  'write a synthetic chest phantom data set (16-bit PNG + manifest.csv)'),
     'validate':       ('manifest', 'check a manifest: columns, labels, boxes, splits, identifiers'),
     'build-manifest': ('manifest', 'build a manifest from FracAtlas or a folder of DICOM files'),
-    'preprocess':     ('manifest', 'convert a manifest\'s images into one memory-mapped cache'),
+    'preprocess':     ('io', 'convert a manifest\'s images into one memory-mapped cache'),
     'mine-labels':    ('mining',   'mine image-level fracture labels from clinical records'),
     'train':          ('train',    'train one method on a manifest or the phantom (no papermill)'),
     'run':            ('experiments', 'run the papermill training template with a preset'),
@@ -21,7 +21,7 @@ COMMANDS = {  # subcommand -> (module that registers it, one-line help)
     'demo':           ('experiments', 'the main job: phantom, then supervised / Mean Teacher / AALS / dynamic'),
 }
 
-# %% ../nbs/13_cli.ipynb #61bfe609
+# %% ../nbs/13_cli.ipynb #8b832457
 def build_parser(only:str|None=None, # register only this subcommand's module (None: all)
                 ) -> argparse.ArgumentParser:
     "The `cxr-fracture` argument parser; imports only the module that owns `only`."
@@ -37,7 +37,7 @@ def build_parser(only:str|None=None, # register only this subcommand's module (N
         mod.add_cli(sub)
     return p
 
-# %% ../nbs/13_cli.ipynb #8003693a
+# %% ../nbs/13_cli.ipynb #14f53981
 def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         ) -> int:
     "Entry point of the `cxr-fracture` command."
