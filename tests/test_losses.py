@@ -1,0 +1,124 @@
+"""Losses: reduction, finiteness at extreme logits and 0/1 targets, gradients against naive formulas."""
+import pytest
+import torch
+from cxr_fracture.losses import pixel_bce, weighted_bce, class_weights, bernoulli_kl, soft_focal_loss
+
+AL = torch.tensor([0.5, 1.5])
+LOSSES = {
+    'pixel_bce': lambda z, y, **k: pixel_bce(z, y, **k),
+    'weighted_bce': lambda z, y, **k: weighted_bce(z, y, AL.to(z.dtype), **k),
+    'bernoulli_kl': lambda z, y, **k: bernoulli_kl(z, y, **k),
+    'soft_focal_loss': lambda z, y, **k: soft_focal_loss(z, y, **k),
+    'soft_focal_alpha': lambda z, y, **k: soft_focal_loss(z, y, gamma=1.5, alpha=0.25, **k),
+}
+
+
+def naive(name, z, q):
+    p = torch.sigmoid(z)
+    bce = -(q * p.log() + (1 - q) * (1 - p).log())
+    if name == 'pixel_bce': return bce
+    if name == 'weighted_bce': return AL.to(z.dtype)[:, None, None] * (1 + 9 * q) * bce
+    if name == 'bernoulli_kl': return q * (q / p).log() + (1 - q) * ((1 - q) / (1 - p)).log()
+    if name == 'soft_focal_loss': return (q - p).abs() ** 2 * bce
+    if name == 'soft_focal_alpha': return (q - p).abs() ** 1.5 * bce * (0.25 * q + 0.75 * (1 - q))
+
+
+@pytest.fixture
+def zq():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 2, 3, 4, generator=g, dtype=torch.float64) * 2
+    q = torch.rand(2, 2, 3, 4, generator=g, dtype=torch.float64).clamp(0.01, 0.99)
+    return z, q
+
+
+@pytest.mark.parametrize('name', list(LOSSES))
+def test_values_and_reduction(name, zq):
+    z, q = zq
+    ref = naive(name, z, q)
+    f = LOSSES[name]
+    torch.testing.assert_close(f(z, q, reduction='none'), ref)
+    torch.testing.assert_close(f(z, q, reduction='image'), ref.mean(dim=(-2, -1)))
+    torch.testing.assert_close(f(z, q), ref.mean(dim=(-2, -1)).mean())           # pixels, then images
+    torch.testing.assert_close(f(z, q, reduction='sum'), ref.sum())
+    with pytest.raises(ValueError, match='reduction'): f(z, q, reduction='batch')
+    with pytest.raises(ValueError, match='same shape'): f(z, q[..., :2])
+
+
+@pytest.mark.parametrize('name', list(LOSSES))
+def test_gradients_match_naive_and_gradcheck(name, zq):
+    z, q = zq
+    z = z.clone().requires_grad_()
+    f = LOSSES[name]
+    g_ours = torch.autograd.grad(f(z, q), z)[0]
+    g_naive = torch.autograd.grad(naive(name, z, q).mean(), z)[0]
+    torch.testing.assert_close(g_ours, g_naive, atol=1e-10, rtol=1e-8)
+    qs = q[:1, :, :2, :2]
+    assert torch.autograd.gradcheck(lambda z_: f(z_, qs), (z[:1, :, :2, :2].detach().clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize('name', list(LOSSES))
+@pytest.mark.parametrize('fill', [0.0, 1.0])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_finite_extreme_logits_and_constant_targets(name, fill, dtype):
+    z = torch.tensor([-1e4, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4], dtype=dtype).repeat(2, 2, 2, 1).requires_grad_()
+    y = torch.full_like(z, fill)
+    v = LOSSES[name](z, y)
+    v.backward()
+    assert torch.isfinite(v) and v >= 0 and torch.isfinite(z.grad).all()
+    # a perfect prediction costs (almost) nothing
+    zp = torch.full((1, 2, 2, 2), 100.0 if fill else -100.0, dtype=dtype)
+    assert LOSSES[name](zp, torch.full_like(zp, fill)) < 1e-6
+
+
+def test_kl_properties(zq):
+    z, q = zq
+    assert (bernoulli_kl(z, q, reduction='none') >= 0).all()
+    torch.testing.assert_close(bernoulli_kl(torch.logit(q), q), torch.zeros((), dtype=q.dtype), atol=1e-12, rtol=0)
+    # the KL has the BCE's gradient (the entropy term is constant for the student)
+    zr = z.clone().requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(bernoulli_kl(zr, q), zr)[0], torch.autograd.grad(pixel_bce(zr, q), zr)[0])
+    # no gradient reaches the target
+    qr = q.clone().requires_grad_()
+    bernoulli_kl(z, qr).backward() if bernoulli_kl(z, qr).requires_grad else None
+    assert qr.grad is None
+    # exact 0/1 targets
+    q01 = (q > 0.5).double()
+    torch.testing.assert_close(bernoulli_kl(z, q01), pixel_bce(z, q01))
+
+
+def test_soft_focal_is_focal_loss_on_hard_targets():
+    from torchvision.ops import sigmoid_focal_loss
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 2, 4, 4, generator=g)
+    y = (torch.rand(2, 2, 4, 4, generator=g) > 0.7).float()
+    torch.testing.assert_close(soft_focal_loss(z, y, alpha=0.25, reduction='none'),
+                               sigmoid_focal_loss(z, y, alpha=0.25, gamma=2.0, reduction='none'))
+    torch.testing.assert_close(soft_focal_loss(z, y, reduction='none'), sigmoid_focal_loss(z, y, alpha=-1, reduction='none'))
+    torch.testing.assert_close(soft_focal_loss(z, y, gamma=0.0), pixel_bce(z, y))
+
+
+def test_weighted_bce():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(3, 2, 5, 5, generator=g)
+    m = (torch.rand(3, 2, 5, 5, generator=g) > 0.8).float()
+    w = torch.where(m > 0, 10.0, 1.0) * AL[:, None, None]
+    torch.testing.assert_close(weighted_bce(z, m, AL), pixel_bce(z, m, weight=w))
+    torch.testing.assert_close(weighted_bce(z, m, alpha_r=1.0), pixel_bce(z, m))
+    torch.testing.assert_close(weighted_bce(z, m, alpha_r=3.0, reduction='image'),
+                               pixel_bce(z, m, weight=1 + 2 * m, reduction='image'))
+    with pytest.raises(ValueError, match='alpha_l has 3 values'): weighted_bce(z, m, torch.ones(3))
+
+
+def test_class_weights():
+    labels = torch.tensor([[1, 0], [1, -1], [1, 1], [0, float('nan')], [1, 0]])
+    w = class_weights(labels)              # 4 rib, 1 clavicle positives
+    torch.testing.assert_close(w, torch.tensor([0.4, 1.6]))
+    torch.testing.assert_close(class_weights([808, 202]), torch.tensor([0.4, 1.6]))
+    torch.testing.assert_close(class_weights([5, 0]), torch.tensor([1 / 3, 5 / 3]))   # 0 positives counts as 1
+    assert abs(class_weights([3, 7, 11]).mean().item() - 1) < 1e-6
+
+
+def test_pixel_bce_weight_masks_images():
+    z = torch.randn(2, 1, 3, 3); m = torch.zeros(2, 1, 3, 3)
+    only_first = pixel_bce(z, m, weight=torch.tensor([1.0, 0.0])[:, None, None, None], reduction='image')
+    assert only_first[1] == 0 and only_first[0] > 0
