@@ -1,0 +1,30 @@
+"""README.md is written by hand (no Quarto here): it must agree with nbs/index.ipynb."""
+import json, re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _index_text():
+    nb = json.loads((REPO / 'nbs' / 'index.ipynb').read_text())
+    return '\n'.join(''.join(c['source']) for c in nb['cells'])
+
+
+def test_readme_and_index_agree_on_the_commands_and_notebooks():
+    readme, index = (REPO / 'README.md').read_text(), _index_text()
+    for cmd in ('make demo', 'make test'):
+        assert cmd in readme and cmd in index, cmd
+    nbs = sorted(p.stem for p in (REPO / 'nbs').glob('[0-9]*.ipynb'))
+    assert nbs, 'no notebooks'
+    for name in nbs:
+        assert f'`{name}`' in readme, f'README does not list {name}'
+        assert f'`{name}`' in index, f'index.ipynb does not list {name}'
+    for tpl in ('experiments/train.ipynb', 'experiments/report.ipynb'):
+        assert tpl in readme and tpl in index
+
+
+def test_readme_names_only_existing_commands():
+    from cxr_fracture.cli import COMMANDS
+    readme = (REPO / 'README.md').read_text()
+    used = set(re.findall(r'cxr-fracture ([a-z][a-z-]+)', readme))
+    assert used - {'fracture'} <= set(COMMANDS), used - set(COMMANDS)
