@@ -5,15 +5,15 @@
 # %% auto #0
 __all__ = ['PATH_PARAMS', 'KEYWORDS', 'METRIC_COLS', 'DEMO_METHODS', 'experiments_dir', 'template_parameters', 'load_preset',
            'parse_value', 'resolve_params', 'RunFailed', 'run_experiment', 'expand_grid', 'slurm_script', 'sweep',
-           'collect_runs', 'comparison_table', 'demo', 'add_cli']
+           'collect_runs', 'comparison_table', 'demo', 'format_comparison', 'add_cli']
 
-# %% ../nbs/12_experiments.ipynb #a9d309db
+# %% ../nbs/12_experiments.ipynb #1663164b
 import ast, itertools, json, os, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
 
-# %% ../nbs/12_experiments.ipynb #b10b15ef
+# %% ../nbs/12_experiments.ipynb #cd8f1df8
 def experiments_dir() -> Path:
     "The folder holding the papermill templates and `presets/` (`nbs/experiments` of the repository)."
     cands = [Path(os.environ['CXR_FRACTURE_EXPERIMENTS'])] if os.environ.get('CXR_FRACTURE_EXPERIMENTS') else []
@@ -25,7 +25,7 @@ def experiments_dir() -> Path:
                             "Run from a clone of the repository (pip install -e .), or set CXR_FRACTURE_EXPERIMENTS "
                             "to the folder holding train.ipynb and presets/.")
 
-# %% ../nbs/12_experiments.ipynb #23d21f75
+# %% ../nbs/12_experiments.ipynb #39d288c2
 def template_parameters(template:Path|None=None, # a notebook with a cell tagged `parameters` (default: train.ipynb)
                        ) -> dict:
     "The names, default values and comments of a template's `parameters` cell."
@@ -43,7 +43,7 @@ def template_parameters(template:Path|None=None, # a notebook with a cell tagged
                                       comment=line.split('#', 1)[1].strip() if '#' in line else '')
     return out
 
-# %% ../nbs/12_experiments.ipynb #5c2ac4e3
+# %% ../nbs/12_experiments.ipynb #33669ff2
 def load_preset(preset:str|Path, # a preset name in presets/ (`test`, `demo`, `fracatlas`, `paper`) or a YAML path
                ) -> dict:
     "The parameters a preset sets."
@@ -57,7 +57,7 @@ def load_preset(preset:str|Path, # a preset name in presets/ (`test`, `demo`, `f
     if not isinstance(d, dict): raise ValueError(f"{p}: a preset is a mapping of parameter: value")
     return d
 
-# %% ../nbs/12_experiments.ipynb #cfd3c82e
+# %% ../nbs/12_experiments.ipynb #20f1141a
 def parse_value(s:str):
     "A command-line override's value typed as YAML reads it (`0.4` a float, `aals` a string, `[1,2]` a list)."
     import yaml
@@ -85,7 +85,7 @@ def _abspath(v):
         if (base/v).exists(): return str((base/v).resolve())
     return str(Path(v).resolve())
 
-# %% ../nbs/12_experiments.ipynb #c6890f84
+# %% ../nbs/12_experiments.ipynb #5b6766b5
 class RunFailed(RuntimeError):
     "A template run that raised; the message names the executed notebook holding the traceback."
 
@@ -111,7 +111,7 @@ def run_experiment(preset:str|Path='test', # preset name or YAML path
                         f"(the executed notebook {nb_out} shows the traceback)") from None
     return json.loads((out/'metrics.json').read_text())
 
-# %% ../nbs/12_experiments.ipynb #6d017702
+# %% ../nbs/12_experiments.ipynb #5f6ec553
 def _fmt(v): return str(v).replace('/', '_').replace(' ', '')
 
 def expand_grid(spec:dict|str|Path, # a grid mapping or its YAML file
@@ -135,7 +135,7 @@ def expand_grid(spec:dict|str|Path, # a grid mapping or its YAML file
                          out=str(Path(spec.get('out', 'runs/sweep'))/name)))
     return runs
 
-# %% ../nbs/12_experiments.ipynb #b4c1a1db
+# %% ../nbs/12_experiments.ipynb #e9e3da84
 def _run_cmd(run:dict) -> list:
     cmd = [sys.executable, '-c', 'import sys; from cxr_fracture.cli import main; sys.exit(main())',
            'run', str(run['preset']), '--out', run['out']]
@@ -221,7 +221,7 @@ def _sweep_gpus(todo:list, gpus:int) -> list:
                 del live[g]
     return rows
 
-# %% ../nbs/12_experiments.ipynb #2164d30c
+# %% ../nbs/12_experiments.ipynb #9d059453
 def collect_runs(root:str|Path, # a folder searched recursively for metrics.json
                 ) -> pd.DataFrame:
     "One row per run and class: the run's parameters and its results."
@@ -240,7 +240,7 @@ def collect_runs(root:str|Path, # a folder searched recursively for metrics.json
                              train_seconds=(m.get('timing') or {}).get('train_seconds')))
     return pd.DataFrame(rows)
 
-# %% ../nbs/12_experiments.ipynb #c60255cd
+# %% ../nbs/12_experiments.ipynb #b1748aa6
 METRIC_COLS = ('auroc', 'pixel_froc', 'component_froc', 'recall_at_fp_0_1')
 
 def comparison_table(runs:pd.DataFrame, # from `collect_runs`
@@ -261,7 +261,7 @@ def comparison_table(runs:pd.DataFrame, # from `collect_runs`
     if order is not None: tab = tab.loc[[o for o in order if o in tab.index]]
     return tab
 
-# %% ../nbs/12_experiments.ipynb #a1b50aaf
+# %% ../nbs/12_experiments.ipynb #a8c8ecaf
 DEMO_METHODS = ('supervised', 'mean_teacher', 'aals', 'dynamic')
 
 def demo(out:str|Path='demo_out', # folder for the phantom, the runs and the table
@@ -286,21 +286,46 @@ def demo(out:str|Path='demo_out', # folder for the phantom, the runs and the tab
         run_experiment(preset, ov, out=run_out, log_output=log_output)
         secs[m] = time.time() - t1
         print(f'demo: {m} done in {secs[m]:.0f} s', flush=True)
+        if m == 'supervised': _gallery(out)
     runs = collect_runs(out)
     runs = runs[runs['method'].isin(methods)]
     tab = comparison_table(runs, order=list(methods))
     tab.to_csv(out/'comparison.csv')
     (out/'comparison.md').write_text(tab.to_markdown() if _has_tabulate() else tab.to_string())
     train_s = runs.drop_duplicates('run')['train_seconds'].sum()
-    print(f'\ndemo: {len(methods)} arms in {time.time()-t0:.0f} s ({train_s:.0f} s of training) -> {out}/comparison.csv\n')
-    with pd.option_context('display.width', 200, 'display.max_columns', 50): print(tab.to_string())
+    print(f'\ndemo: {len(methods)} arms in {time.time()-t0:.0f} s ({train_s:.0f} s of training) -> {out}/comparison.csv')
+    print(format_comparison(runs, methods))
     return tab
+
+def format_comparison(runs:pd.DataFrame, # from `collect_runs`, one run per method
+                      methods=DEMO_METHODS, # rows, in order
+                     ) -> str:
+    "The demo's printed table: per class, each method's AUROC (95% DeLong CI), pixel FROC, component FROC, Recall@FP=0.1."
+    lines = []
+    for cls, g in runs.groupby('cls', sort=False):
+        g = g.set_index('method')
+        lines += ['', f'{cls} (test split: AUROC on images labelled 0/1; FROCs on localization-complete images)',
+                  f"{'method':<14}{'AUROC (95% CI)':>24}{'pixel FROC':>12}{'comp. FROC':>12}{'Recall@FP=0.1':>15}"]
+        for m in methods:
+            if m not in g.index: continue
+            r = g.loc[m]
+            f = lambda v: '   n/a' if pd.isna(v) else f'{v:.3f}'
+            ci = '' if pd.isna(r.auroc_lo) else f' ({r.auroc_lo:.3f}-{r.auroc_hi:.3f})'
+            lines.append(f'{m:<14}{f(r.auroc) + ci:>24}{f(r.pixel_froc):>12}{f(r.component_froc):>12}{f(r.recall_at_fp_0_1):>15}')
+    return '\n'.join(lines)
+
+def _gallery(out:Path):
+    "The phantom's gallery (images with their boxes) as demo_out/phantom_gallery.png."
+    from cxr_fracture.phantom import gallery
+    fig = gallery(out/'phantom'/'manifest.csv', n=12)
+    fig.savefig(out/'phantom_gallery.png', dpi=80, bbox_inches='tight')
+    print(f"demo: phantom gallery -> {out/'phantom_gallery.png'}")
 
 def _has_tabulate():
     try: import tabulate; return True
     except ImportError: return False
 
-# %% ../nbs/12_experiments.ipynb #5a5c0ebb
+# %% ../nbs/12_experiments.ipynb #0716ea14
 def _run_cli(args) -> int:
     try:
         ov = {k: parse_value(v) for k, v in (args.param or [])}
