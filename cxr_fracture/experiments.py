@@ -7,13 +7,13 @@ __all__ = ['PATH_PARAMS', 'KEYWORDS', 'METRIC_COLS', 'DEMO_METHODS', 'experiment
            'parse_value', 'resolve_params', 'RunFailed', 'run_experiment', 'expand_grid', 'slurm_script', 'sweep',
            'collect_runs', 'comparison_table', 'demo', 'format_comparison', 'add_cli']
 
-# %% ../nbs/12_experiments.ipynb #1663164b
+# %% ../nbs/12_experiments.ipynb #9a068fc7
 import ast, itertools, json, os, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
 
-# %% ../nbs/12_experiments.ipynb #cd8f1df8
+# %% ../nbs/12_experiments.ipynb #086b7987
 def experiments_dir() -> Path:
     "The folder holding the papermill templates and `presets/` (`nbs/experiments` of the repository)."
     cands = [Path(os.environ['CXR_FRACTURE_EXPERIMENTS'])] if os.environ.get('CXR_FRACTURE_EXPERIMENTS') else []
@@ -25,7 +25,7 @@ def experiments_dir() -> Path:
                             "Run from a clone of the repository (pip install -e .), or set CXR_FRACTURE_EXPERIMENTS "
                             "to the folder holding train.ipynb and presets/.")
 
-# %% ../nbs/12_experiments.ipynb #39d288c2
+# %% ../nbs/12_experiments.ipynb #04fe0efa
 def template_parameters(template:Path|None=None, # a notebook with a cell tagged `parameters` (default: train.ipynb)
                        ) -> dict:
     "The names, default values and comments of a template's `parameters` cell."
@@ -43,7 +43,7 @@ def template_parameters(template:Path|None=None, # a notebook with a cell tagged
                                       comment=line.split('#', 1)[1].strip() if '#' in line else '')
     return out
 
-# %% ../nbs/12_experiments.ipynb #33669ff2
+# %% ../nbs/12_experiments.ipynb #cea74c72
 def load_preset(preset:str|Path, # a preset name in presets/ (`test`, `demo`, `fracatlas`, `paper`) or a YAML path
                ) -> dict:
     "The parameters a preset sets."
@@ -57,7 +57,7 @@ def load_preset(preset:str|Path, # a preset name in presets/ (`test`, `demo`, `f
     if not isinstance(d, dict): raise ValueError(f"{p}: a preset is a mapping of parameter: value")
     return d
 
-# %% ../nbs/12_experiments.ipynb #20f1141a
+# %% ../nbs/12_experiments.ipynb #a8d38109
 def parse_value(s:str):
     "A command-line override's value typed as YAML reads it (`0.4` a float, `aals` a string, `[1,2]` a list)."
     import yaml
@@ -85,7 +85,7 @@ def _abspath(v):
         if (base/v).exists(): return str((base/v).resolve())
     return str(Path(v).resolve())
 
-# %% ../nbs/12_experiments.ipynb #5b6766b5
+# %% ../nbs/12_experiments.ipynb #6ca5b83c
 class RunFailed(RuntimeError):
     "A template run that raised; the message names the executed notebook holding the traceback."
 
@@ -111,7 +111,7 @@ def run_experiment(preset:str|Path='test', # preset name or YAML path
                         f"(the executed notebook {nb_out} shows the traceback)") from None
     return json.loads((out/'metrics.json').read_text())
 
-# %% ../nbs/12_experiments.ipynb #5f6ec553
+# %% ../nbs/12_experiments.ipynb #96fe435e
 def _fmt(v): return str(v).replace('/', '_').replace(' ', '')
 
 def expand_grid(spec:dict|str|Path, # a grid mapping or its YAML file
@@ -135,7 +135,7 @@ def expand_grid(spec:dict|str|Path, # a grid mapping or its YAML file
                          out=str(Path(spec.get('out', 'runs/sweep'))/name)))
     return runs
 
-# %% ../nbs/12_experiments.ipynb #e9e3da84
+# %% ../nbs/12_experiments.ipynb #32b86b34
 def _run_cmd(run:dict) -> list:
     cmd = [sys.executable, '-c', 'import sys; from cxr_fracture.cli import main; sys.exit(main())',
            'run', str(run['preset']), '--out', run['out']]
@@ -221,7 +221,7 @@ def _sweep_gpus(todo:list, gpus:int) -> list:
                 del live[g]
     return rows
 
-# %% ../nbs/12_experiments.ipynb #9d059453
+# %% ../nbs/12_experiments.ipynb #43aa961f
 def collect_runs(root:str|Path, # a folder searched recursively for metrics.json
                 ) -> pd.DataFrame:
     "One row per run and class: the run's parameters and its results."
@@ -240,7 +240,7 @@ def collect_runs(root:str|Path, # a folder searched recursively for metrics.json
                              train_seconds=(m.get('timing') or {}).get('train_seconds')))
     return pd.DataFrame(rows)
 
-# %% ../nbs/12_experiments.ipynb #b1748aa6
+# %% ../nbs/12_experiments.ipynb #3b0ebf40
 METRIC_COLS = ('auroc', 'pixel_froc', 'component_froc', 'recall_at_fp_0_1')
 
 def comparison_table(runs:pd.DataFrame, # from `collect_runs`
@@ -261,7 +261,7 @@ def comparison_table(runs:pd.DataFrame, # from `collect_runs`
     if order is not None: tab = tab.loc[[o for o in order if o in tab.index]]
     return tab
 
-# %% ../nbs/12_experiments.ipynb #a8c8ecaf
+# %% ../nbs/12_experiments.ipynb #9a0c00e5
 DEMO_METHODS = ('supervised', 'mean_teacher', 'aals', 'dynamic')
 
 def demo(out:str|Path='demo_out', # folder for the phantom, the runs and the table
@@ -274,7 +274,7 @@ def demo(out:str|Path='demo_out', # folder for the phantom, the runs and the tab
     "The main job: one stage-1 model, then each method's stage 2 from it; returns (and writes) the comparison table."
     out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
     if methods[0] != 'supervised': raise ValueError("demo: the first method must be 'supervised' (it trains stage 1)")
-    base = {**(overrides or {}), 'data_root': str(out/'phantom')}
+    base = {'data_root': str(out/'phantom'), **(overrides or {})}  # one phantom for every arm (or the given data)
     t0, secs = time.time(), {}
     for m in methods:
         run_out = out/m
@@ -286,7 +286,8 @@ def demo(out:str|Path='demo_out', # folder for the phantom, the runs and the tab
         run_experiment(preset, ov, out=run_out, log_output=log_output)
         secs[m] = time.time() - t1
         print(f'demo: {m} done in {secs[m]:.0f} s', flush=True)
-        if m == 'supervised': _gallery(out)
+        if m == 'supervised' and (out/'phantom'/'manifest.csv').exists(): _gallery(out)
+    if (out/'phantom'/'manifest.csv').exists() and not (out/'phantom_gallery.png').exists(): _gallery(out)
     runs = collect_runs(out)
     runs = runs[runs['method'].isin(methods)]
     tab = comparison_table(runs, order=list(methods))
@@ -325,7 +326,7 @@ def _has_tabulate():
     try: import tabulate; return True
     except ImportError: return False
 
-# %% ../nbs/12_experiments.ipynb #0716ea14
+# %% ../nbs/12_experiments.ipynb #1a7209c3
 def _run_cli(args) -> int:
     try:
         ov = {k: parse_value(v) for k, v in (args.param or [])}
