@@ -6,14 +6,14 @@
 __all__ = ['data_root', 'shared_data_dir', 'UnreadableImage', 'read_xray', 'pad_to_square', 'resize', 'letterbox',
            'transform_boxes', 'untransform_boxes', 'build_cache', 'XrayCache', 'open_cache', 'add_cli']
 
-# %% ../nbs/00_io.ipynb #89fd4656
+# %% ../nbs/00_io.ipynb #da8ac43e
 import os, json, hashlib, sys, time, zlib
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-# %% ../nbs/00_io.ipynb #a120ddac
+# %% ../nbs/00_io.ipynb #8694e6b0
 def data_root(root:str|os.PathLike|None=None, # the data root; None: env `CXR_FRACTURE_DATA`
              )->Path:
     "The folder that a manifest's relative `path`s start from: `root`, else env `CXR_FRACTURE_DATA`."
@@ -23,7 +23,7 @@ def data_root(root:str|os.PathLike|None=None, # the data root; None: env `CXR_FR
     raise ValueError('no data root given: pass root=... (CLI: --root DIR) or set the environment '
                      'variable CXR_FRACTURE_DATA to the folder that the manifest paths are relative to')
 
-# %% ../nbs/00_io.ipynb #95ec4e08
+# %% ../nbs/00_io.ipynb #fceeb277
 def _looks_shared(p:Path)->bool: return p.is_dir() and any((p/s).exists() for s in ('dicom','png','fracatlas','README.md'))
 
 def shared_data_dir()->Path|None:
@@ -38,7 +38,7 @@ def shared_data_dir()->Path|None:
             if _looks_shared(p/'shared'/'data'): return p/'shared'/'data'
     return None
 
-# %% ../nbs/00_io.ipynb #24e9fdc2
+# %% ../nbs/00_io.ipynb #2754890f
 class UnreadableImage(ValueError):
     "A radiograph that cannot be read: the message names the file and the reason."
     def __init__(self, path, # the file
@@ -48,7 +48,7 @@ class UnreadableImage(ValueError):
         super().__init__(f'{path}: {reason}')
     def __reduce__(self): return (type(self), (self.path, self.reason))
 
-# %% ../nbs/00_io.ipynb #0f966f9d
+# %% ../nbs/00_io.ipynb #fa38a984
 _PNG, _JPEG = b'\x89PNG\r\n\x1a\n', b'\xff\xd8\xff'
 _DICOM_HINT = ('reading DICOM needs pydicom and, for compressed files, the pylibjpeg plugins: '
                'pip install pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg')
@@ -74,7 +74,7 @@ def _value_range(ds, bits:int):
         return (min(a,b), max(a,b)), ('rescale', s, i)
     return (lo, hi), None
 
-# %% ../nbs/00_io.ipynb #165f56c7
+# %% ../nbs/00_io.ipynb #cb51d8f5
 def _window(v, center:float, width:float):
     "DICOM LINEAR windowing (PS3.3 C.11.2.1.2) of `v` into [0, 1]."
     c, w = float(center), max(float(width), 1.0)
@@ -150,7 +150,7 @@ def _read_dicom(path:Path, voi, frame:int, force:bool=False):
                 modality=str(ds.get('Modality', '')), n_frames=nf, voi=voi_done, note=note)
     return img, meta
 
-# %% ../nbs/00_io.ipynb #65cb536d
+# %% ../nbs/00_io.ipynb #25acf20d
 def _read_pillow(path:Path):
     try:
         with Image.open(path) as im:
@@ -176,7 +176,7 @@ def _read_pillow(path:Path):
                 modality='', n_frames=1, voi='', note='')
     return np.clip(img, 0, 1).astype(np.float32), meta
 
-# %% ../nbs/00_io.ipynb #7ccb80b1
+# %% ../nbs/00_io.ipynb #e300f855
 def read_xray(path:str|os.PathLike, # a DICOM, PNG or JPEG file (detected by content)
               voi:bool|str|tuple=False, # DICOM windowing: False none; True/'lut' the file's VOI LUT (else window); 'window' the file's window; (center, width)
               frame:int=0, # which frame of a multi-frame DICOM
@@ -199,7 +199,7 @@ def read_xray(path:str|os.PathLike, # a DICOM, PNG or JPEG file (detected by con
     raise UnreadableImage(path, f'unknown format: neither DICOM (no DICM preamble) nor PNG/JPEG '
                                 f'(first bytes {head[:8].hex()})')
 
-# %% ../nbs/00_io.ipynb #fe4a9fb8
+# %% ../nbs/00_io.ipynb #24030a6a
 def _square_pads(h:int, w:int):
     s = max(h, w); return s, (s - h) // 2, (s - w) // 2
 
@@ -223,7 +223,7 @@ def resize(img:np.ndarray, # 2-D image
     if img.shape == (oh, ow): return img.copy()
     return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((int(ow), int(oh)), Image.Resampling.BILINEAR))
 
-# %% ../nbs/00_io.ipynb #0e6783c3
+# %% ../nbs/00_io.ipynb #bef439ea
 def letterbox(img:np.ndarray, # 2-D image
               size:int, # side of the square output
               value:float=0, # fill value of the padding
@@ -251,7 +251,7 @@ def untransform_boxes(boxes:np.ndarray, # (N, 4) x1, y1, x2, y2 in letterboxed p
     off = np.array([transform['pad_left'], transform['pad_top']] * 2)
     return (b - off) / transform['scale']
 
-# %% ../nbs/00_io.ipynb #5b07cfb5
+# %% ../nbs/00_io.ipynb #a0343d2a
 _INDEX_COLS = ['image_id', 'row', 'path', 'status', 'reason', 'orig_h', 'orig_w', 'scale', 'pad_top', 'pad_left',
                'format', 'photometric', 'bits_stored', 'pixel_spacing_row', 'pixel_spacing_col',
                'transfer_syntax', 'modality', 'note']
@@ -278,7 +278,7 @@ def _cache_one(task):
     except Exception as e: rec['reason'] = f'{path}: unexpected {type(e).__name__}: {_first_line(e)}'
     return row, None, rec
 
-# %% ../nbs/00_io.ipynb #ff606b46
+# %% ../nbs/00_io.ipynb #88ea1eb2
 def _load_manifest(manifest)->pd.DataFrame:
     "The manifest as a DataFrame with str image_id/path; ValueError naming what is wrong."
     if isinstance(manifest, pd.DataFrame): df, name = manifest.copy(), 'the manifest DataFrame'
@@ -318,7 +318,7 @@ def _check_unsynced(done:dict, unsynced:set, fd:int, nbytes:int):
     for r in unsynced:
         if zlib.crc32(os.pread(fd, nbytes, r * nbytes)) != done[r].get('crc32'): del done[r]
 
-# %% ../nbs/00_io.ipynb #3c314215
+# %% ../nbs/00_io.ipynb #ccb29088
 def _isolated(fn, task, ctx):
     "Run one task alone in a fresh process; a crash becomes an error record."
     from concurrent.futures import ProcessPoolExecutor
@@ -354,7 +354,7 @@ def _run_pool(fn, tasks:list, nw:int):
                 ex = ProcessPoolExecutor(nw, mp_context=ctx)
     finally: ex.shutdown(wait=False, cancel_futures=True)
 
-# %% ../nbs/00_io.ipynb #7c82df2b
+# %% ../nbs/00_io.ipynb #770fa7d1
 def _progress_bar(total, initial, enabled):
     if not enabled: return None
     try: from tqdm.auto import tqdm
@@ -451,7 +451,7 @@ def build_cache(manifest:str|os.PathLike|pd.DataFrame, # manifest CSV (or DataFr
               + ('' if complete else f'; {n - n_ok - n_err} still to do: rerun to resume'))
     return res
 
-# %% ../nbs/00_io.ipynb #3bb71d37
+# %% ../nbs/00_io.ipynb #15b914b3
 class XrayCache:
     "A preprocessed cache: `.index` (DataFrame), `.images` (memmap N x size x size), `.get(image_id)`."
     def __init__(self, out:str|os.PathLike): # folder written by `build_cache`
@@ -485,7 +485,7 @@ def open_cache(out:str|os.PathLike, # folder written by `build_cache`
     "Open a preprocessed cache for reading."
     return XrayCache(out)
 
-# %% ../nbs/00_io.ipynb #4b7421d1
+# %% ../nbs/00_io.ipynb #6796709d
 def _preprocess_cli(args)->int:
     try:
         r = build_cache(args.manifest, args.root, args.out, size=args.size, dtype='uint16' if args.uint16 else 'uint8',

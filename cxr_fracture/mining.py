@@ -10,7 +10,7 @@ __all__ = ['CLASSES', 'VALUES', 'FRACTURE_RE', 'ANATOMY_RE', 'ANATOMY_CLASS', 'P
            'Policy', 'parse_codes', 'mine_record', 'mine_labels', 'label_columns', 'read_records', 'summarize',
            'load_openi', 'evaluate_labels', 'baseline_labels', 'add_cli']
 
-# %% ../nbs/01_mining.ipynb #ef721e95
+# %% ../nbs/01_mining.ipynb #9719167d
 import io as _io, re, sys, tarfile
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -18,11 +18,11 @@ from pathlib import Path
 import xml.etree.ElementTree as ET
 import pandas as pd
 
-# %% ../nbs/01_mining.ipynb #26b849cf
+# %% ../nbs/01_mining.ipynb #c2c5591b
 CLASSES = ('rib_fracture', 'clavicle_fracture')  # label columns written by the miner, in this order
 VALUES = ('positive', 'negative', 'uncertain')    # what a policy may map a mention to
 
-# %% ../nbs/01_mining.ipynb #a94fd1e6
+# %% ../nbs/01_mining.ipynb #60e1deb9
 def _rx(*alts, flags=re.I):
     "One compiled alternation of word-bounded phrases (longest first, so 'no evidence of' beats 'no')."
     alts = sorted(alts, key=len, reverse=True)
@@ -36,7 +36,7 @@ ANATOMY_RE = re.compile(r'(?<![\w-])(?:(?P<rib>ribs?|costal|costochondral)|'
                         r'(?P<clavicle>clavicles?|clavicular|collar\s?bones?|clavs?))(?![\w-])', re.I)
 ANATOMY_CLASS = {'rib': 'rib_fracture', 'clavicle': 'clavicle_fracture'}
 
-# %% ../nbs/01_mining.ipynb #0836235b
+# %% ../nbs/01_mining.ipynb #1a55080d
 # Cue families. Where two overlap, the earlier family in `_CUE_ORDER` wins ('cannot be excluded' is uncertainty,
 # not the negation 'not'; 'no change in' is a pseudo-negation, not the negation 'no').
 PSEUDO_RE = _rx(r'no (?:significant |interval |appreciable |substantial |definite )?(?:change|changes|increase|decrease|progression)(?: in| of)?',
@@ -89,7 +89,7 @@ _CUE_RES = dict(pseudo=PSEUDO_RE, uncertain=UNCERTAIN_RE, hypothetical=HYPOTHETI
                 neg_post=NEG_POST_RE, neg_pre=NEG_PRE_RE, history=HISTORY_RE, acute=ACUTE_RE)
 WORD_RE = re.compile(r"[\w'/-]+")
 
-# %% ../nbs/01_mining.ipynb #8770a2d6
+# %% ../nbs/01_mining.ipynb #b4ac138e
 SIDE_RE = re.compile(r'(?<![\w-])(left|right|bilateral|bilaterally|both)(?:-sided)?(?![\w-])', re.I)
 SITE_RE = re.compile(r'(?<![\w-])(anterolateral|posterolateral|anterior|posterior|lateral|axillary|medial|distal|proximal|'
                      r'mid-?shaft|midclavicular|shaft|sternal end|acromial end)(?![\w-])', re.I)
@@ -108,7 +108,7 @@ SKIP_SECTIONS = ('indication', 'indications', 'history', 'clinical history', 'cl
                  'comparison', 'comparisons', 'technique', 'procedure', 'exam', 'examination')
 _SENT_SPLIT = re.compile(r'(?<![Vv]s\.)(?<!\b[Dd]r\.)(?<![Aa]pprox\.)(?<=[.!?;])\s+|\n\s*|(?<=\.\.)(?=\S)')
 
-# %% ../nbs/01_mining.ipynb #c3c14e4f
+# %% ../nbs/01_mining.ipynb #66e4a83a
 def split_sections(text:str,            # a report, possibly with headings such as 'FINDINGS:' and 'IMPRESSION:'
                    default:str|None=None, # the section of text before the first heading (e.g. the column name)
                   ) -> list:
@@ -129,7 +129,7 @@ def split_sentences(text:str, # one section's text
         if s: out.append(s)
     return out
 
-# %% ../nbs/01_mining.ipynb #9dcd275e
+# %% ../nbs/01_mining.ipynb #e188bf1a
 @dataclass
 class Mention:
     "One fracture mention tied to one class within one sentence."
@@ -142,7 +142,7 @@ class Mention:
     site:str=''        # anterior, posterior, lateral, ... ('; '-joined)
     ribs:str=''        # rib numbers, e.g. '5,6'
 
-# %% ../nbs/01_mining.ipynb #a6b0d494
+# %% ../nbs/01_mining.ipynb #071a1aab
 def _words(s): return len(WORD_RE.findall(s))
 
 def _cues(s):
@@ -171,7 +171,7 @@ def _post(spans, s, b, hi, window, stop=None):
             if best is None or ca < best[0]: best = (ca, cb, t)
     return best
 
-# %% ../nbs/01_mining.ipynb #189aa762
+# %% ../nbs/01_mining.ipynb #23516c6d
 def _extract(seg:str):
     "(side, site, ribs) stated in a piece of text."
     sides = {m.group(1).lower() for m in SIDE_RE.finditer(seg)}
@@ -190,7 +190,7 @@ def _extract(seg:str):
             if 1 <= a <= b <= 12: ribs.update(range(a, b + 1)) if '-' in m.group(0) or 'th' in m.group(0) else ribs.update({a, b})
     return side, site, ','.join(map(str, sorted(ribs)))
 
-# %% ../nbs/01_mining.ipynb #22296908
+# %% ../nbs/01_mining.ipynb #3f8d8620
 NEG_WINDOW, POST_WINDOW, HIST_WINDOW = 10, 5, 6   # NegEx-style scope sizes, in words
 
 def _is(rx, t): return rx.fullmatch(t) is not None
@@ -264,7 +264,7 @@ def _sentence_mentions(s:str, section=None) -> list:
             out.append(Mention(cls, state, rule, s, section, side, site, ribs if cls == 'rib_fracture' else ''))
     return out
 
-# %% ../nbs/01_mining.ipynb #ee484cbf
+# %% ../nbs/01_mining.ipynb #a0452905
 def find_mentions(text:str,                  # free text: a report, a diagnosis list, ...
                   section:str|None=None,     # section name of text before any heading (e.g. the column name)
                   skip_sections=SKIP_SECTIONS, # sections whose mentions are the question, not the finding
@@ -279,7 +279,7 @@ def find_mentions(text:str,                  # free text: a report, a diagnosis 
             if FRACTURE_RE.search(s) and ANATOMY_RE.search(s): out += _sentence_mentions(s, sec)
     return out
 
-# %% ../nbs/01_mining.ipynb #b6a0df90
+# %% ../nbs/01_mining.ipynb #99ceaea0
 @dataclass
 class Policy:
     "How mention states map to labels; `uncertain` and `healed` take 'positive', 'negative' or 'uncertain'."
@@ -299,7 +299,7 @@ class Policy:
 
 _RANK = {1: 3, -1: 2, 0: 1, None: 0}   # aggregation: any positive wins, then uncertain, then negative
 
-# %% ../nbs/01_mining.ipynb #e095eea4
+# %% ../nbs/01_mining.ipynb #73a71219
 _ICD9 = re.compile(r'(?:\d{3}(?:\.?\d{1,2})?|V\d{2}(?:\.?\d{1,2})?|E\d{3}(?:\.?\d)?)')
 _ICD10 = re.compile(r'[A-TV-Z]\d[0-9A-Z](?:\.?[0-9A-Z]{1,4})?')
 _CODE_CLASSES = [  # (pattern on the code without dot, class, rule)
@@ -334,7 +334,7 @@ def parse_codes(value,                     # one record's codes: a list, or a st
                     hits.append((cls, state, c, rule + ('_subsequent' if state == 'history' else ''))); break
     return hits, warns
 
-# %% ../nbs/01_mining.ipynb #446df028
+# %% ../nbs/01_mining.ipynb #c25e1292
 def _agg(cands):
     "Aggregate `[(value, evidence, rule, side, site, ribs)]` of one class: highest rank wins, first in text order."
     best = None
@@ -372,7 +372,7 @@ def mine_record(texts:dict,                  # {section or column name: text}
         row[f'{cls}_text'] = text[0] if text else None
     return row, warns
 
-# %% ../nbs/01_mining.ipynb #cacfaddc
+# %% ../nbs/01_mining.ipynb #2f06cb06
 def mine_labels(df:pd.DataFrame,           # one row per record
                 id_col:str,                # the record (or study) id column
                 text_cols=(),              # free-text columns (report sections, diagnoses)
@@ -415,7 +415,7 @@ def label_columns(df:pd.DataFrame) -> list:
     "The columns `mine_labels` writes to LABELS.csv (the internal code/text split is dropped)."
     return [c for c in df.columns if not c.endswith(('_code', '_text'))]
 
-# %% ../nbs/01_mining.ipynb #cf48eb8a
+# %% ../nbs/01_mining.ipynb #55657264
 def read_records(path,                 # CSV (any delimiter pandas sniffs: , ; tab) or Parquet (.parquet/.pq, needs pyarrow)
                 ) -> tuple:
     "Read a record table as strings; returns `(df, warnings)`; bytes that are not UTF-8 are replaced and reported."
@@ -441,7 +441,7 @@ def read_records(path,                 # CSV (any delimiter pandas sniffs: , ; t
     except pd.errors.ParserError as e: raise ValueError(f'{path}: not a readable CSV table ({e})') from None
     return df, warns
 
-# %% ../nbs/01_mining.ipynb #d9a8aef6
+# %% ../nbs/01_mining.ipynb #c0f2f41d
 def summarize(labels:pd.DataFrame,   # the output of `mine_labels`
               top:int=8,             # how many evidence phrases to list
              ) -> str:
@@ -464,7 +464,7 @@ def summarize(labels:pd.DataFrame,   # the output of `mine_labels`
     lines.append(f'{nw} records with warnings')
     return '\n'.join(lines)
 
-# %% ../nbs/01_mining.ipynb #fa5ae99d
+# %% ../nbs/01_mining.ipynb #290f1dee
 OPENI_MESH = {'rib_fracture': 'Fractures, Bone/ribs', 'clavicle_fracture': 'Fractures, Bone/clavicle'}
 
 def _openi_row(xml_bytes, name):
@@ -498,7 +498,7 @@ def load_openi(path,   # the Open-i `ecgen-radiology*.tgz` (read in place) or a 
         if c not in df: df[c] = None
     return df[cols].sort_values('id', key=lambda s: s.str.extract(r'(\d+)', expand=False).astype(float)).reset_index(drop=True)
 
-# %% ../nbs/01_mining.ipynb #38ee79c7
+# %% ../nbs/01_mining.ipynb #ce4e0576
 def evaluate_labels(pred:pd.DataFrame,   # predicted labels (1 counts as positive; 0, -1 and empty do not)
                     ref:pd.DataFrame,    # reference labels, same rows, 1 = positive
                     classes=CLASSES,
@@ -513,7 +513,7 @@ def evaluate_labels(pred:pd.DataFrame,   # predicted labels (1 counts as positiv
                         f1=round(2 * pr * rc / (pr + rc), 3) if pr + rc else 0.0))
     return pd.DataFrame(out).set_index('cls')
 
-# %% ../nbs/01_mining.ipynb #210004db
+# %% ../nbs/01_mining.ipynb #4bd58365
 _BASE_ANAT = {'rib_fracture': re.compile(r'\bribs?\b', re.I), 'clavicle_fracture': re.compile(r'\bclavic', re.I)}
 _BASE_NEG = re.compile(r'\b(?:no|without)\b', re.I)
 
@@ -529,7 +529,7 @@ def baseline_labels(df:pd.DataFrame,          # records
         for c in CLASSES: out[c].append(int(any(_BASE_ANAT[c].search(s) for s in sents)))
     return pd.DataFrame(out, index=df.index)
 
-# %% ../nbs/01_mining.ipynb #28f80878
+# %% ../nbs/01_mining.ipynb #074961b5
 def _mine_labels_cli(args) -> int:
     "Handler of `cxr-fracture mine-labels`."
     try:

@@ -6,13 +6,13 @@
 __all__ = ['unwrap', 'ema_alpha', 'ema_update', 'broadcast_buffers', 'EMATeacher', 'logits_of', 'teacher_map', 'pi_model_target',
            'TemporalEnsemble', 'all_gather_batch']
 
-# %% ../nbs/08_teacher.ipynb #c8d02098
+# %% ../nbs/08_teacher.ipynb #fa5a55b1
 import copy, math
 import torch
 from torch import nn
 from .data import warp_map
 
-# %% ../nbs/08_teacher.ipynb #361711f1
+# %% ../nbs/08_teacher.ipynb #dcf3b547
 def unwrap(model:nn.Module, # a module, possibly wrapped by DDP (`.module`) or `torch.compile` (`._orig_mod`)
           )->nn.Module:
     "The plain module inside DistributedDataParallel / DataParallel / `torch.compile` wrappers."
@@ -21,7 +21,7 @@ def unwrap(model:nn.Module, # a module, possibly wrapped by DDP (`.module`) or `
         elif hasattr(model, '_orig_mod') and isinstance(model._orig_mod, nn.Module): model = model._orig_mod
         else: return model
 
-# %% ../nbs/08_teacher.ipynb #7fd2511a
+# %% ../nbs/08_teacher.ipynb #3ac48b56
 def ema_alpha(step:int, # number of EMA updates done before this one (0 for the first)
               alpha:float=0.999, # the target decay
               warmup:bool=True, # use Tarvainen & Valpola's warm-up min(alpha, 1 - 1/(step+1))
@@ -29,7 +29,7 @@ def ema_alpha(step:int, # number of EMA updates done before this one (0 for the 
     "The EMA decay for update number `step`: `min(alpha, 1-1/(step+1))` with warm-up, else `alpha`."
     return min(alpha, 1.0 - 1.0/(step + 1)) if warmup else alpha
 
-# %% ../nbs/08_teacher.ipynb #6c714a72
+# %% ../nbs/08_teacher.ipynb #37608866
 def _pairs(teacher, student, what):
     tn = dict(getattr(teacher, f'named_{what}')()); sn = dict(getattr(student, f'named_{what}')())
     if tn.keys() != sn.keys():
@@ -56,7 +56,7 @@ def ema_update(teacher:nn.Module, # the teacher network, updated in place
         for t, s in _pairs(teacher, student, 'buffers'): t.copy_(s)
     return teacher
 
-# %% ../nbs/08_teacher.ipynb #6919e9d1
+# %% ../nbs/08_teacher.ipynb #de9d390a
 @torch.no_grad()
 def broadcast_buffers(module:nn.Module, # its buffers are overwritten by rank `src`'s
                       src:int=0, # the rank whose buffers everyone takes
@@ -72,7 +72,7 @@ def broadcast_buffers(module:nn.Module, # its buffers are overwritten by rank `s
         for b, v in zip(bufs, flat.split([b.numel() for b in bufs])): b.copy_(v.view_as(b))
     return module
 
-# %% ../nbs/08_teacher.ipynb #924a86cd
+# %% ../nbs/08_teacher.ipynb #618b2fd3
 class EMATeacher(nn.Module):
     "Mean Teacher: a frozen copy of `student` whose weights follow the student's by EMA."
     def __init__(self,
@@ -111,7 +111,7 @@ class EMATeacher(nn.Module):
         "The teacher network's output (no gradient)."
         return self.module(*args, **kwargs)
 
-# %% ../nbs/08_teacher.ipynb #614b9741
+# %% ../nbs/08_teacher.ipynb #80a38b1c
 def logits_of(out, # a model's output: a tensor, a dict with 'logits', or a tuple/list whose first item is the logits
              )->torch.Tensor:
     "The per-class logit map (B,C,h,w) from a model's output."
@@ -122,7 +122,7 @@ def logits_of(out, # a model's output: a tensor, a dict with 'logits', or a tupl
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor): return out[0]
     raise TypeError(f'cannot find the logits in a model output of type {type(out).__name__}')
 
-# %% ../nbs/08_teacher.ipynb #1a261b6d
+# %% ../nbs/08_teacher.ipynb #546de46e
 @torch.no_grad()
 def teacher_map(net:nn.Module, # the network that makes the target (EMA teacher, or the student for the Pi-model)
                 x:torch.Tensor, # (B,1,H,W) images as the teacher sees them
@@ -133,7 +133,7 @@ def teacher_map(net:nn.Module, # the network that makes the target (EMA teacher,
     if theta is not None: p = warp_map(p, theta)
     return p
 
-# %% ../nbs/08_teacher.ipynb #07151f81
+# %% ../nbs/08_teacher.ipynb #07836a74
 @torch.no_grad()
 def pi_model_target(model:nn.Module, # the student network itself
                     x_target:torch.Tensor, # (B,1,H,W) the second augmentation of the batch (the target view)
@@ -149,7 +149,7 @@ def pi_model_target(model:nn.Module, # the student network itself
         if saved is not None:  # through .data: no version bump, so a pending backward of the student still works
             for b, v in zip(unwrap(model).buffers(), saved): b.data.copy_(v)
 
-# %% ../nbs/08_teacher.ipynb #2f76ba30
+# %% ../nbs/08_teacher.ipynb #858276ef
 class TemporalEnsemble:
     "Per-sample EMA of past predictions with start-up bias correction (Laine & Aila 2017)."
     def __init__(self,
@@ -220,7 +220,7 @@ class TemporalEnsemble:
         self.Z.copy_(sd['Z']); self.t.copy_(sd['t']); self.alpha = float(sd['alpha'])
         return self
 
-# %% ../nbs/08_teacher.ipynb #a09208ec
+# %% ../nbs/08_teacher.ipynb #a669cf75
 def all_gather_batch(indices:torch.Tensor, # (B,) this rank's sample indices
                      maps:torch.Tensor, # (B, ...) this rank's maps (same B on every rank)
                     )->tuple:

@@ -40,7 +40,7 @@ def main(argv=None):
     ap.add_argument('--tracemalloc', action='store_true', help='also trace the peak of Python/numpy allocations (slower)')
     a = ap.parse_args(argv)
     print('command:', ' '.join([Path(sys.executable).name, *sys.argv]))
-    print(f'cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f} (the lead re-measures on an idle machine)')
+    print(f'cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}')
     pool, pboxes = make_pool(a.pool, a.size)
     maps = lambda: (pool[i % a.pool] for i in range(a.n))
     boxes = lambda: (pboxes[i % a.pool] for i in range(a.n))
