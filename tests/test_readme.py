@@ -28,3 +28,15 @@ def test_readme_names_only_existing_commands():
     readme = (REPO / 'README.md').read_text()
     used = set(re.findall(r'cxr-fracture ([a-z][a-z-]+)', readme))
     assert used - {'fracture'} <= set(COMMANDS), used - set(COMMANDS)
+
+
+def _section(text, title):
+    m = re.search(rf'^## {re.escape(title)}\n(.*?)(?=^## |\Z)', text, re.S | re.M)
+    return m and m.group(1).strip()
+
+
+def test_readme_and_index_report_the_same_measurements():
+    readme, index = (REPO / 'README.md').read_text(), _index_text()
+    for title in ('What the demo measured', 'Measured figures'):
+        assert _section(readme, title), f'README has no section {title!r}'
+        assert _section(readme, title) == _section(index, title), f'README and index.ipynb differ in {title!r}'
