@@ -41,9 +41,9 @@ nbtest:
 pytest:
 	$(BIN)/python -m pytest tests
 
-## figures that the README and notebooks quote (not run by CI)
+## figures that the README and notebooks quote (not run by CI); BENCH_ARGS=--all adds the long ones (science, FracAtlas)
 bench: install
-	$(BIN)/python tests/benchmarks/run_all.py
+	$(BIN)/python tests/benchmarks/run_all.py $(BENCH_ARGS)
 
 lab: install
 	$(BIN)/jupyter lab nbs

@@ -7,7 +7,7 @@ __all__ = ['data_root', 'shared_data_dir', 'UnreadableImage', 'read_xray', 'pad_
            'transform_boxes', 'untransform_boxes', 'build_cache', 'XrayCache', 'open_cache', 'add_cli']
 
 # %% ../nbs/00_io.ipynb #da8ac43e
-import os, json, hashlib, sys, time, zlib
+import os, json, hashlib, sys, time, zlib, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -84,13 +84,45 @@ def _first_line(e:Exception)->str:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     return ' | '.join(lines)[:400] or type(e).__name__
 
+_EOF_WORDS = ('end of file', 'eof', 'truncat', 'premature', 'fewer bytes', 'unexpected end')
+
+def _broken_dicom(ds, path:Path, warned:list):
+    "Why a DICOM that parsed looks truncated or corrupt (pydicom often only warns), or None."
+    size = path.stat().st_size
+    eof = [w for w in warned if any(k in w.lower() for k in _EOF_WORDS)]
+    if eof: return f'{eof[0]} (the file is {size:,} bytes: cut short?)'
+    if 'PixelData' in ds:
+        ts = getattr(getattr(ds, 'file_meta', None), 'get', lambda k: None)('TransferSyntaxUID')
+        if ts is not None and not getattr(ts, 'is_encapsulated', True):   # native: the length is known
+            try:
+                n = (int(ds.Rows) * int(ds.Columns) * int(ds.get('SamplesPerPixel', 1) or 1) * int(ds.get('NumberOfFrames', 1) or 1))
+                need = (n * int(ds.BitsAllocated) + 7) // 8
+            except (AttributeError, TypeError, ValueError): return None
+            have = len(ds.PixelData)
+            if have < need: return (f'the pixel data holds {have:,} bytes but {ds.Rows}x{ds.Columns} pixels of {ds.BitsAllocated} bits '
+                                    f'need {need:,} (the file is {size:,} bytes: cut short?)')
+        return None
+    if len(ds) == 0: return f'no data elements after the file meta header (the file is {size:,} bytes: cut short?)'
+    if not getattr(ds, 'file_meta', None) and 'SOPClassUID' not in ds:   # every DICOM object names its SOP class
+        return 'neither a file meta header nor a SOPClassUID: garbage after the DICM marker?' + (f' ({warned[0]})' if warned else '')
+    if 'Rows' in ds and 'Columns' in ds and not ('FloatPixelData' in ds or 'DoubleFloatPixelData' in ds):
+        return (f'it describes a {ds.Rows}x{ds.Columns} image but holds no pixel data '
+                f'(the file is {size:,} bytes: cut short before the pixels?)')
+    return None
+
 def _read_dicom(path:Path, voi, frame:int, force:bool=False):
     try:
         import pydicom
         from pydicom.pixels import pixel_array, apply_modality_lut, apply_voi_lut, apply_color_lut
     except ImportError: raise UnreadableImage(path, _DICOM_HINT) from None
-    try: ds = pydicom.dcmread(path, force=force)
-    except Exception as e: raise UnreadableImage(path, f'corrupt DICOM header ({_first_line(e)})') from None
+    with warnings.catch_warnings(record=True) as caught:   # a truncated file often gives only a warning
+        warnings.simplefilter('always')
+        try: ds = pydicom.dcmread(path, force=force)
+        except Exception as e: raise UnreadableImage(path, f'corrupt DICOM header ({_first_line(e)})') from None
+        try: why = _broken_dicom(ds, path, [str(w.message) for w in caught])
+        except Exception as e: why = f'{type(e).__name__}: {_first_line(e)}'
+    if why: raise UnreadableImage(path, f'truncated or corrupt DICOM: {why}; re-export or re-copy the file, or remove it from the manifest')
+    for w in caught: warnings.warn(w.message, stacklevel=2)   # the other warnings, passed on
     if 'PixelData' not in ds:
         kind = 'float pixel data is not a radiograph' if ('FloatPixelData' in ds or 'DoubleFloatPixelData' in ds) else 'no PixelData'
         raise UnreadableImage(path, f"not an image DICOM ({kind}; Modality={ds.get('Modality','?')}, "
@@ -121,9 +153,9 @@ def _read_dicom(path:Path, voi, frame:int, force:bool=False):
         voi_done = 'not applied (colour)' if voi else ''
     else:
         (lo, hi), mlut = _value_range(ds, bits)
-        if mlut == 'lut': v = apply_modality_lut(arr, ds).astype(np.float32)
+        if mlut == 'lut': v = apply_modality_lut(arr, ds)          # integers: the LUT's entries
         elif mlut: v = arr.astype(np.float32) * np.float32(mlut[1]) + np.float32(mlut[2])
-        else: v = arr.astype(np.float32)
+        else: v = arr                                               # the stored integers
         voi_done = ''
         if isinstance(voi, (tuple, list)):  # an explicit (center, width)
             img, voi_done = _window(v, *voi), f'window {voi[0]}/{voi[1]} (given)'
@@ -131,12 +163,13 @@ def _read_dicom(path:Path, voi, frame:int, force:bool=False):
             has_lut, has_win = 'VOILUTSequence' in ds, 'WindowCenter' in ds and 'WindowWidth' in ds
             if voi in (True, 'lut', 'window') and (has_lut or has_win):
                 use_lut = has_lut and (voi != 'window' or not has_win)
-                if use_lut:
-                    v = apply_voi_lut(v, ds, prefer_lut=True).astype(np.float32)
+                if use_lut:   # the VOI LUT is indexed by the modality-LUT output: integers (a rescale's output rounded)
+                    vi = v if np.issubdtype(v.dtype, np.integer) else np.rint(v).astype(np.int64)
+                    v = apply_voi_lut(vi, ds, prefer_lut=True)
                     lo, hi = 0, 2**int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1
                     voi_done = 'VOI LUT (file)'
                 else:
-                    v = apply_voi_lut(v, ds, prefer_lut=False).astype(np.float32)
+                    v = apply_voi_lut(v, ds, prefer_lut=False)
                     voi_done = f"window {ds.WindowCenter}/{ds.WindowWidth} (file)"
             elif voi not in (False, None, True, 'lut', 'window'):
                 raise ValueError(f"voi must be False, True, 'lut', 'window' or (center, width), not {voi!r}")
@@ -355,11 +388,12 @@ def _run_pool(fn, tasks:list, nw:int):
     finally: ex.shutdown(wait=False, cancel_futures=True)
 
 # %% ../nbs/00_io.ipynb #770fa7d1
-def _progress_bar(total, initial, enabled):
+def _progress_bar(total, initial=0, enabled=True, desc='preprocess', unit='img', iterable=None, **kw):
+    "A tqdm bar (over `iterable`, if given), or None when not `enabled` or tqdm is not installed: tqdm is optional."
     if not enabled: return None
     try: from tqdm.auto import tqdm
     except ImportError: return None
-    return tqdm(total=total, initial=initial, unit='img', desc='preprocess')
+    return tqdm(iterable, total=total, initial=initial, unit=unit, desc=desc, **kw)
 
 def build_cache(manifest:str|os.PathLike|pd.DataFrame, # manifest CSV (or DataFrame) with image_id, path
                 root:str|os.PathLike|None, # data root the paths are relative to (None: env CXR_FRACTURE_DATA)

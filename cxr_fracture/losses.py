@@ -54,7 +54,7 @@ def weighted_bce(logits:torch.Tensor,  # (B, C, H, W) logits
                  alpha_r:float=10.0,   # weight of positive-region pixels (target 1)
                  reduction:str='mean', # 'mean', 'image', 'sum' or 'none'
                 )->torch.Tensor:
-    "Weighted BCE of the dynamic-sharpening paper: alpha_l[c] * (1 + (alpha_r - 1) y) * BCE."
+    "Weighted BCE: alpha_l[c] * (1 + (alpha_r - 1) y) * BCE; the dynamic-sharpening paper's on 0/1 targets, our extension on soft ones."
     _check(logits, target, 'weighted_bce')
     target = target.to(logits.dtype)
     w = 1 + (alpha_r - 1) * target

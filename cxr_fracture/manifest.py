@@ -10,7 +10,7 @@ __all__ = ['REQUIRED_COLUMNS', 'OPTIONAL_COLUMNS', 'ID_COLUMNS', 'ROLES', 'SPLIT
            'build_dicom_folder', 'add_cli']
 
 # %% ../nbs/02_manifest.ipynb #cd3be379
-import json, re, hmac, hashlib, os, math
+import json, re, hmac, hashlib, os, math, sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 import numpy as np, pandas as pd
@@ -146,16 +146,18 @@ def write_manifest(df:pd.DataFrame, # a manifest frame (boxes as JSON str or lis
 # %% ../nbs/02_manifest.ipynb #ab38d7b5
 @dataclass(frozen=True)
 class Problem:
-    "One fault in a manifest: where (row, image_id or column) and what."
+    "One fault (or, with `level='note'`, a warning) in a manifest: where (row, image_id or column) and what."
     code:str            # short fault name, e.g. 'inverted-box'
     message:str         # what is wrong and what to do
     row:int|None=None   # 0-based data row (the CSV line is row + 2), None for whole-file faults
     image_id:str|None=None
     source:str='manifest'  # the file (or 'manifest' for a frame)
+    level:str='fault'   # 'fault' (the manifest is invalid) or 'note' (a warning: something could not be checked)
     def __str__(self):
         where = self.source
         if self.row is not None: where += f': row {self.row} (line {self.row + 2}, image_id {self.image_id!r})'
-        return f'{where}: {self.code}: {self.message}'
+        return f'{where}: {"note: " if self.level == "note" else ""}{self.code}: {self.message}'
+
 
 # %% ../nbs/02_manifest.ipynb #68d9b8fd
 _ID_NAMES = {  # normalized column name -> what it looks like
@@ -203,14 +205,22 @@ def _identifier_problems(raw:pd.DataFrame, src:str, skip=()) -> list:
 
 # %% ../nbs/02_manifest.ipynb #e6f04d77
 def _image_size(path:Path):
-    "(width, height) from the file header, without decoding pixels; None when unreadable."
+    "(width, height) from the file header, without decoding pixels (Pillow for PNG/JPEG/..., pydicom `Rows`/`Columns` for DICOM); None when unreadable."
+    import warnings
     try:
-        if path.suffix.lower() in ('.dcm', '.dicom', ''):
-            import pydicom
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            return int(ds.Columns), int(ds.Rows)
-        from PIL import Image
-        with Image.open(path) as im: return im.size
+        with open(path, 'rb') as f: dicm = f.read(132)[128:132] == b'DICM'
+    except OSError: return None
+    if not dicm:
+        try:
+            from PIL import Image
+            with Image.open(path) as im: return im.size   # Image.open reads the header only
+        except Exception: pass
+    try:
+        import pydicom
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=not dicm)   # no preamble: a raw data set?
+        return int(ds.Columns), int(ds.Rows)
     except Exception: return None
 
 def _bad_path(p:str):
@@ -226,10 +236,11 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
                       root=None,              # data root for `check_files` / `check_image_sizes`
                       classes=None,           # label columns (None: `fracture` / `*_fracture`)
                       check_files:bool=False, # check that every path exists under `root`
-                      check_image_sizes:bool=False, # read image headers under `root` for the box bounds when there is no width/height
+                      check_image_sizes:bool|None=None, # read image headers under `root` to bound the boxes of rows without width/height (None: when `root` is given)
                       n_folds:int=5,          # folds allowed are 0..n_folds-1
+                      notes:list|None=None,   # a list that receives warnings (`Problem`s with level 'note', e.g. `box-bounds-unchecked`)
                      ) -> list:
-    "Every problem of a manifest, one `Problem` per fault (empty list: the manifest is valid)."
+    "Every problem of a manifest, one `Problem` per fault (empty list: the manifest is valid); warnings go to `notes`."
     if isinstance(df_or_path, pd.DataFrame):
         src = 'manifest'
         raw = df_or_path.copy()
@@ -252,10 +263,11 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
     n = len(raw)
     # labels
     L = {c: [None] * n for c in labs}
+    badlab = set()  # (column, row) of unparseable label cells: reported once, as bad-label
     for c in labs:
         for i, v in enumerate(raw[c]):
             try: L[c][i] = _label_int(v)
-            except ValueError: P('bad-label', f'column {c!r} holds {v!r}: labels are 1, 0, -1 (uncertain) or empty (unknown)', i)
+            except ValueError: P('bad-label', f'column {c!r} holds {v!r}: labels are 1, 0, -1 (uncertain) or empty (unknown)', i); badlab.add((c, i))
     pos = [any(L[c][i] == 1 for c in labs) for i in range(n)]
     # ids
     if 'image_id' in cols:
@@ -275,35 +287,57 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
             why = _bad_path(p)
             if why: P('bad-path', why, i)
             elif check_files and rootp is not None and not (rootp / p).is_file(): P('missing-file', f'{p!r} not found under the data root {str(rootp)!r}', i)
-    # image sizes
-    W = H = None
-    if 'width' in cols and 'height' in cols:
-        def num(v):
-            try: return float(v) if str(v).strip() != '' else None
-            except ValueError: return None
-        W, H = [num(v) for v in raw['width']], [num(v) for v in raw['height']]
-    if check_image_sizes and root is not None and 'path' in cols:
-        W = W or [None] * n; H = H or [None] * n
-        for i, p in enumerate(raw['path']):
-            if W[i] is None and _bad_path(p) is None:
-                s = _image_size(Path(root) / p)
-                if s: W[i], H[i] = map(float, s)
-    # boxes and roles
+    # boxes
     B = [None] * n
     if 'boxes' in cols:
         for i, cell in enumerate(raw['boxes']):
             try: B[i] = parse_boxes(cell)
-            except ValueError as e: P('bad-boxes', f'{e}; expected a JSON list of {{"x1","y1","x2","y2","label"}}', i); continue
-            for j, b in enumerate(B[i]):
-                if b['label'] not in labs: P('box-label', f'box {j} has label {b["label"]!r}, which is not a label column ({", ".join(labs) or "none"})', i)
-                elif L[b['label']][i] == 0: P('box-on-negative', f'box {j} ({b["label"]}) on an image whose {b["label"]} label is 0: drop the box or fix the label', i)
-                if b['x2'] <= b['x1'] or b['y2'] <= b['y1']:
-                    P('inverted-box', f'box {j} is inverted or empty: x1={b["x1"]}, x2={b["x2"]}, y1={b["y1"]}, y2={b["y2"]} (need x1 < x2, y1 < y2)', i)
-                w, h = (W[i], H[i]) if W is not None and H is not None else (None, None)
-                eps = 1e-6
-                if b['x1'] < -eps or b['y1'] < -eps or (w is not None and b['x2'] > w + eps) or (h is not None and b['y2'] > h + eps):
-                    size = f'{int(w)}x{int(h)}' if w is not None and h is not None else 'unknown size, negative coordinates'
-                    P('box-outside', f'box {j} ({b["x1"]}, {b["y1"]}, {b["x2"]}, {b["y2"]}) reaches outside the image ({size}; coordinates are original pixels)', i)
+            except ValueError as e: P('bad-boxes', f'{e}; expected a JSON list of {{"x1","y1","x2","y2","label"}}', i)
+    boxed = [i for i in range(n) if B[i]]
+    # image sizes: the width/height columns, else (with a root) the headers of the images that have boxes
+    def num(v):
+        try: return float(v) if str(v).strip() != '' else None
+        except ValueError: return None
+    W, H = [None] * n, [None] * n
+    if 'width' in cols and 'height' in cols: W, H = [num(v) for v in raw['width']], [num(v) for v in raw['height']]
+    if check_image_sizes is None: check_image_sizes = root is not None
+    read = check_image_sizes and root is not None and 'path' in cols
+    if read:
+        for i in boxed:
+            p = raw['path'].iloc[i]
+            if (W[i] is None or H[i] is None) and _bad_path(p) is None:
+                s = _image_size(Path(root) / p)
+                if s: W[i], H[i] = map(float, s)
+    unchecked = [i for i in boxed if W[i] is None or H[i] is None]
+    if unchecked and notes is not None:
+        i0 = unchecked[0]
+        what = (f'{len(unchecked)} row(s) with boxes (first: row {i0}, image_id {raw["image_id"].iloc[i0] if "image_id" in raw else "?"!r}) '
+                'have no image size, so their boxes were not checked against the image bounds')
+        if read: how = (f'no width/height, and the image header could not be read under {str(root)!r} (a missing file or not an image: '
+                        '--check-files lists missing files); add width/height columns, or fix the paths')
+        elif root is not None: how = 'no width/height columns and --no-check-image-sizes; drop that flag to read the sizes from the image headers'
+        elif check_image_sizes: how = '--check-image-sizes needs the data root: add --root DATA_ROOT'
+        else: how = ('no width/height columns; give the data root (cxr-fracture validate MANIFEST --root DATA_ROOT reads the sizes '
+                     'from the image headers) or add width/height columns')
+        notes.append(Problem('box-bounds-unchecked', f'{what}: {how}', source=src, level='note'))
+    role = list(raw['role']) if 'role' in cols else [None] * n
+    word = lambda v: 'empty (unknown)' if v is None else '-1 (uncertain)' if v == -1 else str(v)
+    for i in boxed:
+        for j, b in enumerate(B[i]):
+            if b['label'] not in labs: P('box-label', f'box {j} has label {b["label"]!r}, which is not a label column ({", ".join(labs) or "none"})', i)
+            lv = L[b['label']][i] if b['label'] in labs else None
+            if lv == 0: P('box-on-negative', f'box {j} ({b["label"]}) on an image whose {b["label"]} label is 0: drop the box or fix the label', i)
+            elif role[i] == 'N':
+                its = f' (its {b["label"]} label is {word(lv)})' if b['label'] in labs else ''
+                P('box-on-negative', f'box {j} ({b["label"]}) on a role N (negative) image{its}: '
+                  'a negative carries no boxes; drop the box, or fix the label and the role', i)
+            if b['x2'] <= b['x1'] or b['y2'] <= b['y1']:
+                P('inverted-box', f'box {j} is inverted or empty: x1={b["x1"]}, x2={b["x2"]}, y1={b["y1"]}, y2={b["y2"]} (need x1 < x2, y1 < y2)', i)
+            w, h = W[i], H[i]
+            eps = 1e-6
+            if b['x1'] < -eps or b['y1'] < -eps or (w is not None and b['x2'] > w + eps) or (h is not None and b['y2'] > h + eps):
+                size = f'{int(w)}x{int(h)}' if w is not None and h is not None else 'unknown size, negative coordinates'
+                P('box-outside', f'box {j} ({b["x1"]}, {b["y1"]}, {b["x2"]}, {b["y2"]}) reaches outside the image ({size}; coordinates are original pixels)', i)
     if 'role' in cols:
         for i, r in enumerate(raw['role']):
             if r not in ROLES: P('bad-role', f'role {r!r} is not one of R, P, N, U', i); continue
@@ -312,6 +346,10 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
             if r == 'R' and not pos[i]: P('role-mismatch', 'role R but no label is 1', i)
             if r == 'P' and not pos[i]: P('role-mismatch', 'role P (image-level positive) but no label is 1', i)
             if r == 'N' and pos[i]: P('role-mismatch', f'role N (negative) but {", ".join(c for c in labs if L[c][i] == 1)} is 1', i)
+            elif r == 'N':
+                unk = [c for c in labs if L[c][i] != 0 and (c, i) not in badlab]
+                if unk: P('role-mismatch', f'role N (negative) but {", ".join(f"{c} is {word(L[c][i])}" for c in unk)}: a negative needs every '
+                          'class label 0; set the label(s) to 0, or use role U', i)
     # folds and splits
     nf = n_folds
     if 'fold' in cols:
@@ -389,6 +427,8 @@ def assign_folds(df:pd.DataFrame, # a manifest (needs patient_id and labels or r
                  classes=None,    # label columns (None: `fracture` / `*_fracture`)
                 ) -> pd.DataFrame:
     "A copy of `df` with `fold` (0..n_folds-1): patient-level, stratified by role and positive classes, seeded."
+    if len(df) == 0:   # nothing to split (e.g. every image of a batch failed): an empty fold column
+        out = df.copy(); out['fold'] = pd.array([], dtype='Int8'); return out
     strata = _patient_strata(df, classes).to_dict()
     sizes = df['patient_id'].astype(str).value_counts().to_dict()
     fold = _greedy_assign(list(strata), sizes, strata, n_folds, np.random.default_rng(seed))
@@ -406,7 +446,7 @@ def split_for_fold(df:pd.DataFrame, # a manifest with `fold`
     if 'fold' not in df.columns: raise ValueError('the manifest has no `fold` column: call assign_folds first')
     f = pd.to_numeric(df['fold'], errors='coerce')
     if f.isna().any(): raise ValueError(f'{int(f.isna().sum())} rows have no fold: call assign_folds on the whole manifest')
-    n = n_folds or max(5, int(f.max()) + 1)
+    n = n_folds or (max(5, int(f.max()) + 1) if len(f) else 5)
     if not 0 <= fold < n: raise ValueError(f'fold {fold} is outside 0..{n - 1}')
     split = pd.Series('train', index=df.index, dtype=object)
     split[f == fold] = 'test'
@@ -456,7 +496,7 @@ def merge_labels(manifest:pd.DataFrame, # the manifest
                  classes=('rib_fracture', 'clavicle_fracture'), # class columns taken from `labels`
                  labels_on:str|None=None, # id column of `labels` (None: `on` if present, else its first column)
                  overwrite:bool=False,  # mined values replace values already in the manifest
-                 missing:str='unknown', # passed to `derive_roles`
+                 missing:str='unknown', # passed to `derive_roles`; 'negative' also writes 0 into the empty label cells
                  id_map=None,           # optional callable applied to label ids before joining (e.g. a pseudonymizer)
                 ) -> tuple:
     "Join mined labels into a manifest by study or image id; returns `(manifest, report)` with roles re-derived."
@@ -503,6 +543,8 @@ def merge_labels(manifest:pd.DataFrame, # the manifest
                images_without_labels=int((~mk.isin(set(vals))).sum()))
     if 'boxes' not in out.columns: out['boxes'] = '[]'
     out['role'] = derive_roles(out, classes, missing=missing)
+    if missing == 'negative':   # an empty label counts as 0: write it, so that an N row has every label 0
+        for c in classes: out[c] = out[c].fillna(0)
     return out, rep
 
 # %% ../nbs/02_manifest.ipynb #d1ce5da0
@@ -522,6 +564,7 @@ def build_fracatlas(root,                    # the FracAtlas root (holds dataset
     root = Path(root)
     if not 0 <= boxed_fraction <= 1: raise ValueError(f'boxed_fraction must be in [0, 1], not {boxed_fraction}')
     if p_boxes not in ('drop', 'keep'): raise ValueError(f"p_boxes must be 'drop' or 'keep', not {p_boxes!r}")
+    if not root.is_dir(): raise FileNotFoundError(f'{root}: no such folder (ROOT is the FracAtlas folder holding {FRACATLAS_CSV}, images/ and Annotations/)')
     csv_path, coco_path = root / FRACATLAS_CSV, root / FRACATLAS_COCO
     for f in (csv_path, coco_path):
         if not f.is_file(): raise FileNotFoundError(f'{f} not found: ROOT must be the FracAtlas folder holding {FRACATLAS_CSV} and {FRACATLAS_COCO}')
@@ -550,9 +593,8 @@ def build_fracatlas(root,                    # the FracAtlas root (holds dataset
     extras = [c for c in tab.columns if c not in ('image_id', 'fractured')]
     rows = []
     todo = tab.to_dict('records')
-    if progress:
-        from tqdm.auto import tqdm
-        todo = tqdm(todo, desc='FracAtlas')
+    from cxr_fracture.io import _progress_bar
+    todo = _progress_bar(len(todo), 0, progress, desc='FracAtlas', unit='img', iterable=todo) or todo
     for r in todo:
         name = r['image_id']
         if name not in found: rep['missing'].append(name); continue
@@ -654,16 +696,15 @@ def build_dicom_folder(root,                   # folder to scan recursively
     if not salt: raise ValueError('build_dicom_folder needs a secret salt (--salt SALT or env CXR_FRACTURE_SALT) to pseudonymize ids; '
                                   'make one with: python -c "import secrets; print(secrets.token_hex(16))" and keep it out of the repository')
     root = Path(root)
-    if not root.is_dir(): raise FileNotFoundError(f'{root} is not a folder')
+    if not root.exists(): raise FileNotFoundError(f'{root}: no such folder (ROOT is the folder of DICOM files to scan)')
+    if not root.is_dir(): raise NotADirectoryError(f'{root} is a file, not a folder (ROOT is the folder of DICOM files to scan)')
     classes = [classes] if isinstance(classes, str) else list(classes)
     files = sorted(Path(d) / f for d, ds, fs in os.walk(root, followlinks=True) for f in fs if not f.startswith('.')
                    and not any(part.startswith('.') for part in (Path(d) / f).relative_to(root).parts))
     rep = dict(files=len(files), dicom=0, not_dicom=[], unreadable=[], no_patient_id=[], identifier_in_path=[], duplicate_sop=[])
     rows, seen = [], {}
-    it = files
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(files, desc='DICOM headers')
+    from cxr_fracture.io import _progress_bar
+    it = _progress_bar(len(files), 0, progress, desc='DICOM headers', unit='file', iterable=files) or files
     for p in it:
         rel = p.relative_to(root).as_posix()
         ds, why = _is_dicom(p)
@@ -700,16 +741,25 @@ def build_dicom_folder(root,                   # folder to scan recursively
         idm = (lambda v: pseudonym(v, salt, 'study')) if on == 'study_id' else (lambda v: pseudonym(v, salt, 'image')) if on == 'image_id' else None
         df, mrep = merge_labels(df, labels, on=on, classes=classes, labels_on=labels_on, missing=missing, id_map=idm)
         rep.update({f'labels_{k}': v for k, v in mrep.items()})
-    else: df['role'] = derive_roles(df, classes, missing=missing) if len(df) else pd.Series(dtype=object)
+    else:
+        df['role'] = derive_roles(df, classes, missing=missing) if len(df) else pd.Series(dtype=object)
+        if missing == 'negative':   # an empty label counts as 0: written, so that an N row has every label 0
+            for c in classes: df[c] = df[c].fillna(0)
     if len(df): df = with_split(assign_folds(df, n_folds=n_folds, seed=seed, classes=classes), fold=fold, seed=seed, classes=classes)
     rep['roles'] = df['role'].value_counts().reindex(list(ROLES), fill_value=0).to_dict() if len(df) else {}
     return df[_canonical_order(list(df.columns), classes)], rep
 
 # %% ../nbs/02_manifest.ipynb #ea9d9512
+def _cli_error(cmd:str, e:Exception) -> int:
+    "A user error (a missing folder, a bad value, an unreadable file) as one line on stderr, `cxr-fracture CMD: message`; exit status 2."
+    print(f'cxr-fracture {cmd}: {e}', file=sys.stderr)
+    return 2
+
 def _validate_cli(args) -> int:
+    notes = []
     probs = validate_manifest(args.manifest, root=args.root, classes=args.classes or None, n_folds=args.n_folds,
-                              check_files=args.check_files, check_image_sizes=args.check_image_sizes)
-    for p in probs: print(p)
+                              check_files=args.check_files, check_image_sizes=args.check_image_sizes, notes=notes)
+    for p in probs + notes: print(p)
     if probs:
         print(f'{args.manifest}: {len(probs)} problem(s)')
         return 1
@@ -721,23 +771,26 @@ def _finish_build(df, rep, args, classes=None) -> int:
     text = format_report(rep, None if args.report else 10)
     print(text if not args.report else format_report(rep, 10))
     if args.report: Path(args.report).parent.mkdir(parents=True, exist_ok=True); Path(args.report).write_text(text + '\n')
-    probs = validate_manifest(out, classes=classes, n_folds=args.n_folds)
-    for p in probs: print(p)
+    notes = []
+    probs = validate_manifest(out, classes=classes, n_folds=args.n_folds, notes=notes)
+    for p in probs + notes: print(p)
     print(f'wrote {out}: {manifest_summary(read_manifest(out, classes), classes)}' + (f'; {len(probs)} problem(s)' if probs else ''))
     return 1 if probs else 0
 
 def _fracatlas_cli(args) -> int:
-    df, rep = build_fracatlas(args.root, boxed_fraction=args.boxed_fraction, seed=args.seed, n_folds=args.n_folds,
-                              fold=args.fold, p_boxes=args.p_boxes, progress=not args.quiet)
-    return _finish_build(df, rep, args)
+    try:
+        df, rep = build_fracatlas(args.root, boxed_fraction=args.boxed_fraction, seed=args.seed, n_folds=args.n_folds,
+                                  fold=args.fold, p_boxes=args.p_boxes, progress=not args.quiet)
+        return _finish_build(df, rep, args)
+    except (OSError, ValueError) as e: return _cli_error('build-manifest fracatlas', e)
 
 def _dicom_cli(args) -> int:
     try:
         df, rep = build_dicom_folder(args.root, salt=args.salt, labels=args.labels, on=args.on, labels_on=args.labels_id_col,
                                      study_key=args.study_key, n_folds=args.n_folds, seed=args.seed, fold=args.fold,
                                      missing=args.missing, progress=not args.quiet)
-    except ValueError as e: print(f'cxr-fracture build-manifest dicom-folder: {e}'); return 2
-    return _finish_build(df, rep, args, ['rib_fracture', 'clavicle_fracture'])
+        return _finish_build(df, rep, args, ['rib_fracture', 'clavicle_fracture'])
+    except (OSError, ValueError) as e: return _cli_error('build-manifest dicom-folder', e)
 
 # %% ../nbs/02_manifest.ipynb #32a066f6
 def add_cli(sub):
@@ -745,11 +798,13 @@ def add_cli(sub):
     p = sub.add_parser('validate', help='check a manifest: columns, labels, boxes, splits, identifiers',
                        description='Check a manifest CSV: one line per problem (exit 1), or a one-line summary (exit 0).')
     p.add_argument('manifest', help='the manifest CSV')
-    p.add_argument('--root', default=None, help='data root for --check-files / --check-image-sizes')
+    p.add_argument('--root', default=None, help='data root: for --check-files, and to read image sizes for the box bounds')
     p.add_argument('--classes', nargs='+', default=None, help='label columns (default: fracture / *_fracture)')
     p.add_argument('--n-folds', type=int, default=5, help='folds are 0..N-1 (default 5)')
     p.add_argument('--check-files', action='store_true', help='check that every path exists under --root')
-    p.add_argument('--check-image-sizes', action='store_true', help='read image headers under --root to bound the boxes')
+    p.add_argument('--check-image-sizes', dest='check_image_sizes', action='store_true', default=None,
+                   help='read image headers under --root to bound the boxes of rows without width/height (the default with --root)')
+    p.add_argument('--no-check-image-sizes', dest='check_image_sizes', action='store_false', help='do not read image headers')
     p.set_defaults(func=_validate_cli)
     b = sub.add_parser('build-manifest', help='build a manifest from FracAtlas or a folder of DICOM files',
                        description='Build a manifest: `fracatlas ROOT` or `dicom-folder ROOT`.')

@@ -5,6 +5,7 @@
 # %% ../nbs/10_metrics.ipynb #279827c2
 from __future__ import annotations
 import math, os, warnings, functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
@@ -120,8 +121,9 @@ def _sweep_py(b, H, W, nT, bx, fp_out, parent, comp, order):
             fill[k] += 1
     parent[:] = -1  # -1: not activated (yet, or the border)
     # comp[root] = (size, FP flag, r0, r1, c0, c1): one cache line per root
+    off = np.array([-Wp - 1, -Wp, -Wp + 1, -1, 1, Wp - 1, Wp, Wp + 1], np.int64)  # the 8 neighbours in the padded index
     nbox = bx.shape[0]
-    nfp = 0
+    nfp = 0  # FP components now; the FP flag of every root is counted in it
     p = 0
     for j in range(nT - 1, -1, -1):
         end = start[j + 1] + cnt[j + 1]
@@ -130,28 +132,43 @@ def _sweep_py(b, H, W, nT, bx, fp_out, parent, comp, order):
             r = order[1, p]
             c = ip - (r + 1) * Wp - 1
             p += 1
-            parent[ip] = ip
-            comp[ip, 0] = 1; comp[ip, 2] = r; comp[ip, 3] = r; comp[ip, 4] = c; comp[ip, 5] = c
-            ri = ip  # root of the new pixel's component, whose status is not counted yet
+            ri = -1  # root of the new pixel's component (none yet)
+            grown = False  # did that component's rectangle grow, or did components merge?
             for q in range(8):
-                if q < 3: z = ip - Wp - 1 + q
-                elif q == 3: z = ip - 1
-                elif q == 4: z = ip + 1
-                else: z = ip + Wp - 6 + q
+                z = ip + off[q]
                 pz = parent[z]
                 if pz < 0 or pz == ri: continue  # not activated, or already in this component (the common case)
                 while parent[z] != z:
                     parent[z] = parent[parent[z]]
                     z = parent[z]
                 if z == ri: continue
-                nfp -= comp[z, 1]  # z's component is absorbed: the merged one is counted below
-                if comp[ri, 0] < comp[z, 0]: ri, z = z, ri
+                if ri < 0:  # the first activated neighbour: the new pixel joins its component
+                    ri = z
+                    parent[ip] = ri
+                    comp[ri, 0] += 1
+                    if r < comp[ri, 2]: comp[ri, 2] = r; grown = True
+                    if r > comp[ri, 3]: comp[ri, 3] = r; grown = True
+                    if c < comp[ri, 4]: comp[ri, 4] = c; grown = True
+                    if c > comp[ri, 5]: comp[ri, 5] = c; grown = True
+                    continue
+                nfp -= comp[z, 1] + comp[ri, 1]  # two components become one: uncount both, the merged one is counted below
+                comp[z, 1] = 0; comp[ri, 1] = 0
+                grown = True
+                if comp[ri, 0] < comp[z, 0]: ri, z = z, ri  # union by size
                 parent[z] = ri
+                parent[ip] = ri
                 comp[ri, 0] += comp[z, 0]
                 if comp[z, 2] < comp[ri, 2]: comp[ri, 2] = comp[z, 2]
                 if comp[z, 3] > comp[ri, 3]: comp[ri, 3] = comp[z, 3]
                 if comp[z, 4] < comp[ri, 4]: comp[ri, 4] = comp[z, 4]
                 if comp[z, 5] > comp[ri, 5]: comp[ri, 5] = comp[z, 5]
+            if ri < 0:  # no activated neighbour: a new component of one pixel
+                ri = ip
+                parent[ip] = ip
+                comp[ip, 0] = 1; comp[ip, 1] = 0; comp[ip, 2] = r; comp[ip, 3] = r; comp[ip, 4] = c; comp[ip, 5] = c
+                grown = True
+            if not grown: continue  # same rectangle, same center: its FP flag stands
+            nfp -= comp[ri, 1]
             cy = (comp[ri, 2] + comp[ri, 3] + 1) / 2.0
             cx = (comp[ri, 4] + comp[ri, 5] + 1) / 2.0
             f = 1
@@ -205,6 +222,17 @@ def _grid(thresholds) -> np.ndarray:
     if T.size == 0 or not np.isfinite(T).all(): raise ValueError('thresholds must be a non-empty array of finite numbers, None or "exact"')
     return T
 
+def _distinct_values(maps) -> np.ndarray:
+    "Sorted distinct values (float64) of all `maps` (a first pass), merged in batches: memory is about twice the distinct values."
+    T, batch, nb = np.zeros(0), [], 0
+    for i, m in enumerate(maps):
+        u = np.unique(_check_map(m, i))
+        batch.append(u); nb += u.size
+        if nb > max(T.size, 4096): T, batch, nb = np.unique(np.concatenate([T, *batch])), [], 0  # once the batch outgrows T: amortized
+    if batch: T = np.unique(np.concatenate([T, *batch]))
+    if T.size == 0: raise ValueError('maps is empty: nothing to evaluate')
+    return T.astype(np.float64)
+
 def _is_uniform(T) -> bool:
     if T.size < 3: return False
     d = np.diff(T)
@@ -249,10 +277,9 @@ def _accumulate(maps, boxes, thresholds, kind:str, engine:str='auto', per_image:
     from concurrent.futures import ThreadPoolExecutor
     if isinstance(thresholds, str):
         if thresholds != 'exact': raise ValueError(f'thresholds must be an array, None or "exact", not {thresholds!r}')
-        maps = list(maps)
-        vals = [np.unique(_check_map(m, i)) for i, m in enumerate(maps)]
-        T = np.unique(np.concatenate(vals).astype(np.float64)) if vals else np.zeros(0)
-        if T.size == 0: raise ValueError('maps is empty: nothing to evaluate')
+        # two passes: a Sequence (list, tuple, array, lazy dataset) is iterated twice, a one-shot iterator is materialized
+        if not isinstance(maps, (Sequence, np.ndarray)): maps = list(maps)
+        T = _distinct_values(maps)
     else: T = _grid(thresholds)
     nT, uniform = T.size, _is_uniform(T)
     kernels = _kernels(engine)
@@ -341,9 +368,17 @@ class FROCResult:
         return (f'FROCResult({self.kind}, score={self.score:.4f}, recall at {{{at}}}, '
                 f'{self.n_images} images, {self.n_boxes} boxes, {len(self.thresholds)} thresholds)')
 
+def _check_targets(targets, name:str='targets') -> np.ndarray:
+    "The FP targets as a non-empty 1-D float64 array of finite numbers >= 0, or a ValueError."
+    try: t = np.atleast_1d(np.asarray(targets, dtype=np.float64))
+    except (TypeError, ValueError): t = np.array([np.nan])
+    if t.ndim != 1 or t.size == 0 or not np.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f'{name} must be a non-empty sequence of finite FP targets >= 0; got {targets!r}')
+    return t
+
 def _froc_from_counts(kind, T, act, nbox, fp_sum, n, targets, per=None) -> FROCResult:
     recall, fp = act / nbox, fp_sum / n
-    targets = np.asarray(targets, dtype=np.float64)
+    targets = _check_targets(targets)
     ra = _recall_at(fp, recall, targets)
     return FROCResult(kind, T, recall, fp, targets, ra, float(ra.mean()), n, nbox, per)
 
@@ -354,12 +389,13 @@ COMPONENT_FPS = (0.1, 0.2, 0.3, 0.4, 0.5)
 def pixel_froc(maps, # 2-D probability maps, one per image (a sequence or a generator)
                boxes, # per image a (k, 4) array [x1, y1, x2, y2] in map pixels ([] for none)
                fp_ratios=PIXEL_FP_RATIOS, # FP-ratio targets f
-               thresholds=None, # None: 0, 0.001, ..., 1; an array; or "exact" (every distinct map value)
+               thresholds=None, # None: 0, 0.001, ..., 1; an array; or "exact" (every distinct map value: two passes over a sequence; a generator is held in memory)
                engine:str='auto', # 'auto' (numba if installed), 'numba' or 'numpy'
                per_image:bool=False, # keep per-image counts (for `bootstrap_ci` and `plot_froc` bands)
                workers:int|None=None, # threads for the compiled kernels (default: the CPUs available, at most 8)
               ) -> FROCResult:
     "Pixel FROC of the AALS paper: box-center recall against the mean fraction of activated pixels inside no box."
+    fp_ratios = _check_targets(fp_ratios, 'fp_ratios')  # before the sweep, not after it
     T, act, nbox, fp_sum, n, per = _accumulate(maps, boxes, thresholds, 'pixel', engine, per_image, workers)
     return _froc_from_counts('pixel', T, act, nbox, fp_sum, n, fp_ratios, per)
 
@@ -367,12 +403,13 @@ def pixel_froc(maps, # 2-D probability maps, one per image (a sequence or a gene
 def component_froc(maps, # 2-D probability maps, one per image (a sequence or a generator)
                    boxes, # per image a (k, 4) array [x1, y1, x2, y2] in map pixels ([] for none)
                    fps_per_image=COMPONENT_FPS, # targets f in false-positive components per image
-                   thresholds=None, # None: 0, 0.001, ..., 1; an array; or "exact" (every distinct map value)
+                   thresholds=None, # None: 0, 0.001, ..., 1; an array; or "exact" (every distinct map value: two passes over a sequence; a generator is held in memory)
                    engine:str='auto', # 'auto' (numba if installed), 'numba' or 'numpy'
                    per_image:bool=False, # keep per-image counts (for `bootstrap_ci` and `plot_froc` bands)
                    workers:int|None=None, # threads for the compiled kernels (default: the CPUs available, at most 8)
                   ) -> FROCResult:
     "Component FROC of the dynamic-sharpening paper: box-center recall against false-positive 8-connected components per image."
+    fps_per_image = _check_targets(fps_per_image, 'fps_per_image')  # before the sweep, not after it
     T, act, nbox, fp_sum, n, per = _accumulate(maps, boxes, thresholds, 'component', engine, per_image, workers)
     return _froc_from_counts('component', T, act, nbox, fp_sum, n, fps_per_image, per)
 
@@ -381,16 +418,17 @@ def paint_boxes(boxes, # (k, 4) [x1, y1, x2, y2] in map pixels
                 scores, # (k,) scores in [0, 1]
                 shape, # (H, W) of the map
                ) -> np.ndarray: # float64 (H, W)
-    "A map holding each box's score on the pixels inside it (max over overlapping boxes, 0 elsewhere)."
+    "A map holding each box's score on the pixels inside it and on its center pixel (max over overlapping boxes, 0 elsewhere)."
     shape = tuple(int(s) for s in shape)
     b = _check_boxes(boxes, shape, 0)
     s = np.asarray(scores, dtype=np.float64).ravel()
     if len(s) != len(b): raise ValueError(f'{len(b)} boxes but {len(s)} scores')
     if len(s) and not ((s >= 0) & (s <= 1)).all(): raise ValueError(f'scores must lie in [0, 1]; got {s[~((s >= 0) & (s <= 1))][:5]}')
     out = np.zeros(shape)
-    for (x1, y1, x2, y2), v in zip(b, s):
+    for (x1, y1, x2, y2), (r, c), v in zip(b, box_centers(b, shape), s):
         sl = (_pixel_span(y1, y2, shape[0]), _pixel_span(x1, x2, shape[1]))
         out[sl] = np.maximum(out[sl], v)
+        out[r, c] = max(out[r, c], v)  # the center pixel, even when the box contains no pixel center
     return out
 
 # %% ../nbs/10_metrics.ipynb #e10b2d7c
@@ -406,6 +444,13 @@ def _check_scores(scores, labels, name='scores'):
     y = y.astype(bool)
     if y.all() or not y.any(): raise ValueError(f'labels hold only {"positives" if y.all() else "negatives"}: the AUROC needs both classes')
     return s, y
+
+def _check_level(level) -> float:
+    "The confidence level as a float in (0, 1), or a ValueError."
+    try: lv = float(level)
+    except (TypeError, ValueError): lv = float('nan')
+    if not 0 < lv < 1: raise ValueError(f'level must lie strictly between 0 and 1 (0.95 for a 95% interval); got {level!r}')
+    return lv
 
 @dataclass(repr=False)
 class CI:
@@ -449,6 +494,7 @@ def delong_ci(scores, # one score per image
               level:float=0.95, # confidence level
              ) -> CI:
     "AUROC with its DeLong confidence interval (normal, clipped to [0, 1])."
+    level = _check_level(level)
     s, y = _check_scores(scores, labels)
     auc, cov = _delong(s[None], y)
     se = float(np.sqrt(cov[0, 0]))
@@ -472,6 +518,7 @@ def delong_test(scores_a, # method A's score per image
                 level:float=0.95, # level of the interval for the difference
                ) -> DeLongTest:
     "DeLong test of H0: AUROC(A) = AUROC(B) for two methods scored on the same images."
+    level = _check_level(level)
     a, y = _check_scores(scores_a, labels, 'scores_a')
     b, _ = _check_scores(scores_b, labels, 'scores_b')
     aucs, cov = _delong(np.stack([a, b]), y)
@@ -505,6 +552,7 @@ def bootstrap_ci(metric, # f(*arrays) -> float or an object with `.score`
                  level:float=0.95, # confidence level
                 ) -> CI:
     "Percentile bootstrap interval of `metric` over images resampled with replacement."
+    level = _check_level(level)
     if not arrays: raise ValueError('give the per-image arrays to resample')
     arrays = [a if hasattr(a, '__getitem__') and hasattr(a, '__len__') else list(a) for a in arrays]
     N = len(arrays[0])
@@ -547,8 +595,31 @@ def _coco_classes():
         except ImportError: raise ImportError('coco_map needs pycocotools (pip install pycocotools) or faster-coco-eval') from None
     return COCO, COCOeval
 
+_COCO_AREAS = ((0, 1e10), (0, 32 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, 1e10))  # COCO's all, small, medium, large
+
+def _coco_area_ranges():
+    "The evaluator's own area ranges (all, small, medium, large)."
+    try:
+        _, COCOeval = _coco_classes()
+        import contextlib, io as _io
+        with contextlib.redirect_stdout(_io.StringIO()): return [tuple(r) for r in COCOeval(iouType='bbox').params.areaRng]
+    except Exception: return list(_COCO_AREAS)
+
+def _coco_rows(a, i:int, name:str, k:int) -> np.ndarray:
+    "`a` as a float64 (n, k) array of boxes (k = 5: with a score), or a ValueError naming `name[i]` or its row."
+    want = '(k, 5) rows [x1, y1, x2, y2, score]' if k == 5 else '(m, 4) rows [x1, y1, x2, y2]'
+    try: x = np.asarray(a if a is not None else [], dtype=np.float64)
+    except (TypeError, ValueError): raise ValueError(f'{name}[{i}] is not a numeric array of equal-length rows: expected {want}') from None
+    if x.size == 0: return np.zeros((0, k))
+    if x.ndim == 1 and x.size == k: x = x[None]
+    if x.ndim != 2 or x.shape[1] != k: raise ValueError(f'{name}[{i}] has shape {x.shape}, expected {want}')
+    for q, row in enumerate(x):
+        if not np.isfinite(row).all(): raise ValueError(f'{name}[{i}][{q}] = {row.tolist()} is not finite')
+        if row[2] < row[0] or row[3] < row[1]: raise ValueError(f'{name}[{i}][{q}] = {row.tolist()} is inverted: need x1 <= x2 and y1 <= y2')
+    return x
+
 def _coco_eval(detections, ground_truth, iou_thresholds=COCO_IOUS, max_dets:int=100):
-    "A configured, evaluated and accumulated COCOeval for one class (None when there are no detections)."
+    "(evaluated and accumulated COCOeval for one class, or None when there are no detections; the ground-truth areas)."
     import contextlib, io as _io
     COCO, COCOeval = _coco_classes()
     dets, gts = list(detections), list(ground_truth)
@@ -556,22 +627,17 @@ def _coco_eval(detections, ground_truth, iou_thresholds=COCO_IOUS, max_dets:int=
     if not gts: raise ValueError('no images: nothing to evaluate')
     images, anns, res = [], [], []
     for i, g in enumerate(gts):
-        g = np.asarray(g if g is not None else [], np.float64).reshape(-1, 4) if np.size(g) else np.zeros((0, 4))
+        g = _coco_rows(g, i, 'ground_truth', 4)
         images.append(dict(id=i + 1, width=1, height=1))
-        for q, (x1, y1, x2, y2) in enumerate(g):
-            if not (np.isfinite([x1, y1, x2, y2]).all() and x2 >= x1 and y2 >= y1):
-                raise ValueError(f'ground_truth[{i}][{q}] = {g[q].tolist()} is inverted or not finite ([x1, y1, x2, y2])')
+        for x1, y1, x2, y2 in g:
             anns.append(dict(id=len(anns) + 1, image_id=i + 1, category_id=1, bbox=[x1, y1, x2 - x1, y2 - y1],
                              area=(x2 - x1) * (y2 - y1), iscrowd=0))
     for i, d in enumerate(dets):
-        d = np.asarray(d if d is not None else [], np.float64)
-        d = d.reshape(-1, 5) if d.size else np.zeros((0, 5))
-        for q, (x1, y1, x2, y2, sc) in enumerate(d):
-            if not (np.isfinite([x1, y1, x2, y2, sc]).all() and x2 >= x1 and y2 >= y1):
-                raise ValueError(f'detections[{i}][{q}] = {d[q].tolist()} is inverted or not finite ([x1, y1, x2, y2, score])')
+        for x1, y1, x2, y2, sc in _coco_rows(d, i, 'detections', 5):
             res.append(dict(image_id=i + 1, category_id=1, bbox=[x1, y1, x2 - x1, y2 - y1], score=sc))
     if not anns: raise ValueError('no ground-truth boxes in any image: AP is undefined')
-    if not res: return None
+    areas = np.array([a['area'] for a in anns])
+    if not res: return None, areas
     with contextlib.redirect_stdout(_io.StringIO()):
         gt = COCO()
         gt.dataset = dict(images=images, annotations=anns, categories=[dict(id=1, name='fracture')])
@@ -581,7 +647,7 @@ def _coco_eval(detections, ground_truth, iou_thresholds=COCO_IOUS, max_dets:int=
         E.params.iouThrs = np.asarray(iou_thresholds, dtype=np.float64)
         E.params.maxDets = [1, 10, max_dets]
         E.evaluate(); E.accumulate()
-    return E
+    return E, areas
 
 def coco_map(detections, # per image a (k, 5) array [x1, y1, x2, y2, score]
              ground_truth, # per image a (m, 4) array [x1, y1, x2, y2]
@@ -589,14 +655,17 @@ def coco_map(detections, # per image a (k, 5) array [x1, y1, x2, y2, score]
              max_dets:int=100, # detections kept per image
             ) -> dict:
     "COCO AP over `iou_thresholds` plus AP40, AP75, AP_S, AP_M, AP_L (OXnet's table), by pycocotools."
-    E = _coco_eval(detections, ground_truth, iou_thresholds, max_dets)
-    keys = ['AP', 'AP40', 'AP75', 'AP_S', 'AP_M', 'AP_L']
-    if E is None: return dict.fromkeys(keys, 0.0)
-    P, thr = E.eval['precision'], np.asarray(E.params.iouThrs)  # [T, R, K, A, M]
-    def ap(t=None, a=0):
-        s = P[:, :, :, a, -1] if t is None else P[np.isclose(thr, t), :, :, a, -1]
-        s = s[s > -1]
-        return float(s.mean()) if s.size else float('nan')
+    E, areas = _coco_eval(detections, ground_truth, iou_thresholds, max_dets)
+    if E is None:  # no detection at all: 0 where the evaluator would average something, NaN where it would give -1
+        thr = np.asarray(iou_thresholds, dtype=np.float64).ravel()
+        has_gt = [bool(((areas >= lo) & (areas <= hi)).any()) for lo, hi in _coco_area_ranges()]  # pycocotools: inclusive
+        def ap(t=None, a=0): return 0.0 if has_gt[a] and thr.size and (t is None or np.isclose(thr, t).any()) else float('nan')
+    else:
+        P, thr = E.eval['precision'], np.asarray(E.params.iouThrs)  # [T, R, K, A, M]
+        def ap(t=None, a=0):
+            s = P[:, :, :, a, -1] if t is None else P[np.isclose(thr, t), :, :, a, -1]
+            s = s[s > -1]
+            return float(s.mean()) if s.size else float('nan')
     return dict(AP=ap(), AP40=ap(0.40), AP75=ap(0.75), AP_S=ap(a=1), AP_M=ap(a=2), AP_L=ap(a=3))
 
 # %% ../nbs/10_metrics.ipynb #055c11d8

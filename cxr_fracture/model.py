@@ -11,8 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['MODEL_CONFIGS', 'DEMO_SIZE', 'ResNetTrunk', 'FractureFPN', 'prob_map', 'image_scores', 'imagenet_checkpoint_names',
-           'find_imagenet_checkpoint', 'load_backbone_weights', 'build_model']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGENET_GRAY', 'MODEL_CONFIGS', 'DEMO_SIZE', 'ResNetTrunk', 'FractureFPN',
+           'prob_map', 'image_scores', 'imagenet_checkpoint_names', 'find_imagenet_checkpoint', 'imagenet_stats',
+           'load_backbone_weights', 'build_model']
 
 # %% ../nbs/05_model.ipynb #c3dd847c
 _ARCH = {  # backbone -> (block name, blocks per stage)
@@ -90,11 +91,19 @@ class FractureFPN(nn.Module):
             nn.init.kaiming_uniform_(m.weight, a=1); nn.init.zeros_(m.bias)
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.constant_(self.head.bias, -math.log((1 - prior) / prior))
+        # input standardisation (x - mean) / std: none (0, 1) for random init; ImageNet's when its weights are loaded
+        self.register_buffer('input_mean', torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer('input_std', torch.ones(1, in_channels, 1, 1))
         if weights is not None: load_backbone_weights(self, weights)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for k, v in (('input_mean', 0.0), ('input_std', 1.0)):  # a checkpoint from before these buffers: trained unnormalised
+            state_dict.setdefault(prefix + k, torch.full_like(getattr(self, k), v))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def features(self, x:torch.Tensor)->torch.Tensor:
-        "Merged pyramid at the output stride (before the class head)."
-        cs = self.backbone(x)[self.first:]
+        "Merged pyramid at the output stride (before the class head); `x` in [0, 1], standardised here."
+        cs = self.backbone((x - self.input_mean) / self.input_std)[self.first:]
         p = self.lateral[-1](cs[-1])
         ps = [self.smooth[-1](p)]
         for i in range(len(cs) - 2, -1, -1):  # top-down
@@ -152,6 +161,15 @@ def find_imagenet_checkpoint(backbone:str, # 'resnet18', 'resnet34' or 'resnet50
         f"automatically: copy {first} (from {url}) into {d}/ (or set TORCH_HOME), or pass weights=PATH "
         f"to a local checkpoint, or weights=None for random initialisation.")
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's RGB statistics
+IMAGENET_GRAY = (0.449, 0.226)  # their means over R, G, B: the statistics of a gray image fed to the summed conv1
+
+def imagenet_stats(in_channels:int=1, # the model's input channels
+                  )->tuple:           # (mean, std), tensors (1, in_channels, 1, 1)
+    "ImageNet's input statistics for `in_channels`: RGB's for 3, the gray equivalent (0.449, 0.226) otherwise."
+    m, s = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((IMAGENET_GRAY[0],) * in_channels, (IMAGENET_GRAY[1],) * in_channels)
+    return torch.tensor(m).view(1, -1, 1, 1), torch.tensor(s).view(1, -1, 1, 1)
+
 def _fold_conv1(w:torch.Tensor, in_channels:int)->torch.Tensor:
     "Adapt a conv1 weight (out, k, 7, 7) to `in_channels`: sum over channels for 1, copy if equal, else mean-repeat."
     k = w.shape[1]
@@ -162,7 +180,7 @@ def _fold_conv1(w:torch.Tensor, in_channels:int)->torch.Tensor:
 def load_backbone_weights(model:FractureFPN, # the model to load into (in place)
                           weights:str|Path,  # 'imagenet' or a checkpoint file
                          )->FractureFPN:
-    "Load ImageNet or checkpoint weights into `model` (conv1 folded to its input channels); nothing downloaded."
+    "Load ImageNet or checkpoint weights into `model` (conv1 folded to its input channels, ImageNet input statistics set); nothing downloaded."
     path = find_imagenet_checkpoint(model.backbone_name) if str(weights) == 'imagenet' else Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist: pass an existing checkpoint, 'imagenet' or None")
@@ -174,7 +192,7 @@ def load_backbone_weights(model:FractureFPN, # the model to load into (in place)
         raise ValueError(f'{path}: expected a state dict (parameter name -> tensor), got {type(sd).__name__}')
     if any(k.startswith('backbone.') for k in sd):  # a whole FractureFPN
         sd = dict(sd); sd['backbone.conv1.weight'] = _fold_conv1(sd['backbone.conv1.weight'], model.backbone.conv1.in_channels)
-        model.load_state_dict(sd)
+        model.load_state_dict(sd)  # with its own input statistics (none saved: trained unnormalised)
         return model
     sd = {k: v for k, v in sd.items() if not k.startswith('fc.')}
     if 'conv1.weight' in sd: sd['conv1.weight'] = _fold_conv1(sd['conv1.weight'], model.backbone.conv1.in_channels)
@@ -184,6 +202,8 @@ def load_backbone_weights(model:FractureFPN, # the model to load into (in place)
         raise ValueError(f'{path}: does not fit a {model.backbone_name} backbone (width 1): '
                          f'{len(bad)} parameters missing or of another shape, e.g. {bad[:3]}')
     model.backbone.load_state_dict(sd, strict=False)
+    mean, std = imagenet_stats(model.backbone.conv1.in_channels)  # a torchvision (ImageNet) backbone expects its inputs
+    model.input_mean.copy_(mean); model.input_std.copy_(std)
     return model
 
 # %% ../nbs/05_model.ipynb #e02991ac

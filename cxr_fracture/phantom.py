@@ -634,7 +634,11 @@ def make_phantom(n:int,                          # number of images
                 ) -> pd.DataFrame:
     "Write a phantom data set (images + `manifest.csv` per the manifest schema) and return the manifest."
     from cxr_fracture.manifest import assign_folds, with_split, write_manifest
+    from cxr_fracture.io import _progress_bar
+    if int(n) < 1: raise ValueError(f'n must be at least 1 (the number of images to write), not {n}')
     out = Path(out); (out/'images').mkdir(parents=True, exist_ok=True)
+    rep = out/'report.csv'
+    if rep.exists(): rep.unlink()   # a stale report from an earlier run would describe failures that did not happen now
     kw = dict(positive_rate=positive_rate, r_fraction=r_fraction, **kwargs)
     jobs = [(i, seed, size, str(out), dicom, kw) for i in range(n)]
     workers = (os.cpu_count() or 1) if workers == 0 else max(1, workers)
@@ -642,9 +646,7 @@ def make_phantom(n:int,                          # number of images
         from concurrent.futures import ProcessPoolExecutor
         ex = ProcessPoolExecutor(workers); it = ex.map(_one, jobs, chunksize=max(1, min(16, n//(4*workers) or 1)))
     else: ex, it = None, map(_one, jobs)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, total=n, desc='phantom')
+    it = _progress_bar(n, 0, progress, desc='phantom', iterable=it) or it
     rows, errs = [], []
     try:
         for row, err in it:
@@ -656,31 +658,42 @@ def make_phantom(n:int,                          # number of images
     for c in CLASSES: df[c] = df[c].astype(int)
     df = with_split(assign_folds(df, n_folds=n_folds, seed=seed), fold=fold, seed=seed)
     write_manifest(df, out/'manifest.csv')
+    df.attrs.update(n_failed=len(errs), report=str(rep) if errs else None)
     if errs:
-        pd.DataFrame(errs).to_csv(out/'report.csv', index=False, lineterminator='\n')
-        warnings.warn(f'{len(errs)} of {n} phantom images failed; see {out/"report.csv"}')
+        pd.DataFrame(errs).to_csv(rep, index=False, lineterminator='\n')
+        warnings.warn(f'{len(errs)} of {n} phantom images failed (left out of the manifest); reasons in {rep}')
     return df
 
 # %% ../nbs/03_phantom.ipynb #cf8cdbe8
 def _phantom_cli(args) -> int:
     from cxr_fracture.manifest import validate_manifest
+    if args.n < 1:
+        print(f'cxr-fracture phantom: --n must be at least 1 (the number of images to write), not {args.n}', file=sys.stderr); return 2
     kw = {} if args.clavicle_prob is None else dict(clavicle_prob=args.clavicle_prob)
-    df = make_phantom(args.n, size=args.size, seed=args.seed, out=args.out, positive_rate=args.positive_rate,
-                      r_fraction=args.r_fraction, dicom=args.dicom, workers=args.workers, fold=args.fold,
-                      distractors=args.distractors, progress=not args.quiet, **kw)
+    try:
+        with warnings.catch_warnings():   # the failures are said below, with the count and the report
+            warnings.filterwarnings('ignore', message='.*phantom images failed')
+            df = make_phantom(args.n, size=args.size, seed=args.seed, out=args.out, positive_rate=args.positive_rate,
+                              r_fraction=args.r_fraction, dicom=args.dicom, workers=args.workers, fold=args.fold,
+                              distractors=args.distractors, progress=not args.quiet, **kw)
+    except (OSError, ValueError) as e:
+        print(f'cxr-fracture phantom: {e}', file=sys.stderr); return 2
     probs = validate_manifest(Path(args.out)/'manifest.csv')
     for p in probs: print(p, file=sys.stderr)
     roles = df['role'].value_counts().to_dict()
-    print(f"wrote {len(df)} images to {args.out} (R {roles.get('R', 0)}, P {roles.get('P', 0)}, N {roles.get('N', 0)}; "
-          f"rib {int(df['rib_fracture'].sum())}, clavicle {int(df['clavicle_fracture'].sum())}); manifest {'valid' if not probs else 'INVALID'}")
-    return 1 if probs else 0
+    nf, rep = df.attrs.get('n_failed', 0), df.attrs.get('report')
+    print(f"wrote {len(df)} of {args.n} images to {args.out} (R {roles.get('R', 0)}, P {roles.get('P', 0)}, N {roles.get('N', 0)}; "
+          f"rib {int(df['rib_fracture'].sum())}, clavicle {int(df['clavicle_fracture'].sum())}); "
+          + (f'{nf} FAILED, listed with reasons in {rep}; ' if nf else '') + f"manifest {'valid' if not probs else 'INVALID'}")
+    if nf: print(f'cxr-fracture phantom: {nf} of {args.n} images failed: see {rep}', file=sys.stderr)
+    return 1 if probs or nf else 0
 
 def add_cli(sub):
     "Register `cxr-fracture phantom`."
     p = sub.add_parser('phantom', help='write a synthetic chest phantom data set (16-bit PNG + manifest.csv)',
                        description='Write N synthetic frontal chest radiographs with rib/clavicle fractures and their boxes, '
                                    'plus DIR/manifest.csv (validated). Same seed, same bytes, whatever --workers.')
-    p.add_argument('--n', type=int, default=200, help='number of images (default 200)')
+    p.add_argument('--n', type=int, default=200, help='number of images, at least 1 (default 200)')
     p.add_argument('--size', type=int, default=512, help='image side in pixels (default 512)')
     p.add_argument('--seed', type=int, default=0, help='data set seed (default 0)')
     p.add_argument('--out', required=True, help='output folder (images/ and manifest.csv)')

@@ -9,7 +9,7 @@ import torch
 
 # %% auto #0
 __all__ = ['SHARPENERS', 'aals', 'dynamic_sharpen', 'dynamic_params', 'symmetric_sharpen', 'sharpen', 'plot_aals_curves',
-           'plot_dynamic_curves', 'blob_map', 'SharpenExplorer', 'sharpen_explorer']
+           'plot_dynamic_curves', 'phantom_teacher_map', 'SharpenExplorer', 'sharpen_explorer']
 
 # %% ../nbs/06_sharpen.ipynb #5ca59fe4
 def _to_torch(y):
@@ -40,7 +40,7 @@ def _logit(y:torch.Tensor, eps:float)->torch.Tensor:
 def aals(y,                  # teacher probability maps (..., H, W) in [0, 1] (tensor or numpy)
          t:float=0.4,        # threshold t: the fixed point of S (per class: shape (C,))
          a0:float=4.0,       # sharpening strength a0 for an image whose map is all 0
-         y_max=None,         # override y_max (float or broadcastable); default: max of each map over (H, W)
+         y_max=None,         # override y_max: float, per class (C,) like t, or broadcastable; default: max of each map over (H, W)
          eps:float=1e-6,     # logits are computed on y clamped to [eps, 1-eps]
         ):                   # sharpened maps, same shape (no gradient)
     "Adaptive asymmetric label sharpening, AALS eq. 6-7: max(S(y), y)."
@@ -48,7 +48,7 @@ def aals(y,                  # teacher probability maps (..., H, W) in [0, 1] (t
     if y_max is None:
         if yt.ndim < 2: raise ValueError(f'aals: maps need at least 2 dims (..., H, W), got shape {tuple(yt.shape)}; pass y_max= for curves')
         ym = yt.amax(dim=(-2, -1), keepdim=True)
-    else: ym = torch.as_tensor(y_max, dtype=yt.dtype, device=yt.device)
+    else: ym = torch.as_tensor(_param(y_max, yt), dtype=yt.dtype, device=yt.device)  # (C,) -> (C, 1, 1)
     t, a0 = _param(t, yt), _param(a0, yt)
     a = a0 - (a0 - 1) * ym.clamp(0, 1)
     lt = _logit(torch.as_tensor(t, dtype=yt.dtype, device=yt.device), eps)
@@ -151,51 +151,62 @@ def plot_dynamic_curves(medians=(0.2, 0.4, 0.5, 0.6, 0.8), # epoch medians m of 
     return fig
 
 # %% ../nbs/06_sharpen.ipynb #5113e93f
-def blob_map(shape:tuple,            # (H, W) of the map
-             boxes=(),               # boxes (x1, y1, x2, y2) in map pixels, one blob each
-             peak=0.6,               # value at a blob's centre (float, or one per box)
-             background:float=0.02,  # value far from every blob
-            )->np.ndarray:           # float32 map in [0, 1]
-    "A smooth pseudo-teacher map: a Gaussian blob (sized like its box) per box over a low background."
-    H, W = shape
-    r, c = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5
-    boxes = list(boxes)
-    peaks = np.broadcast_to(np.asarray(peak, np.float32), (len(boxes),))
-    out = np.full((H, W), background, np.float32)
-    for (x1, y1, x2, y2), pk in zip(boxes, peaks):
-        sy, sx = max((y2 - y1) / 2, 1.0), max((x2 - x1) / 2, 1.0)
-        g = np.exp(-0.5 * (((r - (y1 + y2) / 2) / sy) ** 2 + ((c - (x1 + x2) / 2) / sx) ** 2))
-        out = np.maximum(out, background + (pk - background) * g)
-    return out.astype(np.float32)
-
-def _example_image(size:int=192, seed:int=3):
-    "(image, boxes): a phantom chest radiograph with fractures and their boxes; a synthetic image if the phantom is unavailable."
-    try: from cxr_fracture.phantom import render_chest
-    except ImportError: render_chest = None
-    if render_chest is not None:
-        img, ann = render_chest(np.random.default_rng(seed), size=size, n_fractures=3, clavicle_prob=0.3)
-        return np.asarray(img, np.float32), [(b['x1'], b['y1'], b['x2'], b['y2']) for b in ann['boxes']]
+def phantom_teacher_map(size:int=128,    # image side (px); a multiple of 32
+                        n_images:int=8,  # phantom radiographs drawn (3 rib fractures each)
+                        steps:int=30,    # Adam steps (batch 4, lr 3e-3) on their box masks
+                        seed:int=0,      # seeds the phantom and the network
+                        threads:int|None=1, # torch threads while training (None: leave as is)
+                       )->dict:          # net (eval mode), image (S, S), boxes [(x1, y1, x2, y2)], teacher_map (S/8, S/8)
+    "A real teacher map in seconds: the `demo` network briefly trained on phantom box masks, and its map of the first image."
+    from cxr_fracture.phantom import render_chest
+    from cxr_fracture.model import build_model
+    from cxr_fracture.data import box_masks
+    from cxr_fracture.losses import pixel_bce
     rng = np.random.default_rng(seed)
-    r, c = np.mgrid[0:size, 0:size] / size
-    img = 0.6 - 0.3 * (np.exp(-((c - 0.3) ** 2 + (r - 0.5) ** 2) / 0.03) + np.exp(-((c - 0.7) ** 2 + (r - 0.5) ** 2) / 0.03))
-    img = (img + 0.03 * rng.standard_normal((size, size))).clip(0, 1).astype(np.float32)
-    s = size / 128
-    return img, [(30 * s, 40 * s, 44 * s, 50 * s), (80 * s, 70 * s, 90 * s, 78 * s)]
+    imgs, boxes = [], []
+    for _ in range(n_images):
+        img, ann = render_chest(rng, size=size, n_fractures=3, clavicle_prob=0.0)
+        imgs.append(np.asarray(img, np.float32))
+        boxes.append(np.array([[b['x1'], b['y1'], b['x2'], b['y2']] for b in ann['boxes']], np.float64).reshape(-1, 4))
+    x = torch.from_numpy(np.stack(imgs))[:, None]
+    old = torch.get_num_threads()
+    if threads: torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_model('demo', classes=('rib_fracture',))
+            m = torch.stack([box_masks(b, np.zeros(len(b), np.int64), 1, size, net.stride) for b in boxes])
+            opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+            for _ in range(steps):
+                i = torch.randint(0, n_images, (min(4, n_images),))
+                loss = pixel_bce(net(x[i]), m[i], weight=1 + 19 * m[i])
+                opt.zero_grad(); loss.backward(); opt.step()
+            net.eval()
+            with torch.no_grad(): tm = torch.sigmoid(net(x[:1]))[0, 0].numpy()
+    finally: torch.set_num_threads(old)
+    return dict(net=net, image=imgs[0], boxes=[tuple(map(float, b)) for b in boxes[0]], teacher_map=tm)
 
 class SharpenExplorer:
     "Sliders for AALS and dynamic sharpening, redrawing the curves and the sharpened teacher map."
-    def __init__(self, teacher_map=None, image=None, boxes=None):
+    def __init__(self,
+                 teacher_map=None, # (h, w) teacher probability map (None: `phantom_teacher_map()`'s)
+                 image=None,       # (H, W) image under the map (optional; the map is stretched over it)
+                 boxes=None,       # fracture boxes (x1, y1, x2, y2) in image pixels, outlined on the image
+                ):
         import ipywidgets as W
         from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
         if teacher_map is None:
-            image, boxes = _example_image() if image is None else (image, boxes or [])
-            teacher_map = blob_map(np.shape(image), boxes, peak=np.linspace(0.6, 0.25, max(len(boxes), 1))[:len(boxes)])
+            d = phantom_teacher_map()
+            teacher_map, image, boxes = d['teacher_map'], d['image'] if image is None else image, d['boxes'] if boxes is None else boxes
         self.teacher = np.asarray(teacher_map, np.float32)
+        if self.teacher.ndim != 2: raise ValueError(f'teacher_map must be one (h, w) map, got shape {self.teacher.shape}')
         self.image = None if image is None else np.asarray(image, np.float32)
+        self.boxes = list(boxes or [])
         self.x = np.linspace(0, 1, 201)
         sl = lambda d, lo, hi, v: W.FloatSlider(value=v, min=lo, max=hi, step=0.01, description=d, continuous_update=False)
         self.sliders = dict(a0=sl('AALS a0', 1, 10, 4.0), t_aals=sl('AALS t', 0.05, 0.95, 0.4),
-                            y_max=sl('y_max', 0.01, 1, float(self.teacher.max())),
+                            y_max=sl('y_max', 0.01, 1, float(np.clip(self.teacher.max(), 0.01, 1))),
                             t_dyn=sl('dyn. t', 0.05, 0.95, 0.3), a_dyn=sl('dyn. a', 1, 10, 6.0))
         self.fig = Figure(figsize=(11, 6.5), layout='constrained')
         ax = self.fig.subplots(2, 3)
@@ -205,6 +216,8 @@ class SharpenExplorer:
         self.images = {'teacher_overlay': ax[0, 0].imshow(self.teacher, alpha=0.5, extent=self._extent(), **kw),
                        'teacher': ax[1, 0].imshow(self.teacher, **kw),
                        'aals': ax[0, 2].imshow(self.teacher, **kw), 'dynamic': ax[1, 2].imshow(self.teacher, **kw)}
+        for x1, y1, x2, y2 in self.boxes:
+            ax[0, 0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec='#30c8ff', lw=1))
         ax[0, 0].set_title('image + teacher map'); ax[1, 0].set_title('teacher map (scaled to y_max)')
         self.lines = {}
         for row, name in ((0, 'aals'), (1, 'dynamic')):
@@ -251,9 +264,9 @@ class SharpenExplorer:
         from IPython.display import display
         display(self.widget)
 
-def sharpen_explorer(teacher_map=None, # (H, W) teacher probability map (default: phantom example)
+def sharpen_explorer(teacher_map=None, # (h, w) teacher probability map (None: `phantom_teacher_map()`'s, a few seconds)
                      image=None,       # (H, W) image under the map (optional)
-                     boxes=None,       # boxes (x1, y1, x2, y2) to make a pseudo-teacher map from, when no map
+                     boxes=None,       # fracture boxes (x1, y1, x2, y2) in image pixels, outlined on the image
                     )->SharpenExplorer:
-    "An ipywidgets explorer of AALS and dynamic sharpening on a teacher map (`.widget`, `.sliders`, `.lines`)."
+    "An ipywidgets explorer of AALS and dynamic sharpening on a teacher map (`.widget`, `.sliders`, `.lines`, `.images`)."
     return SharpenExplorer(teacher_map, image, boxes)

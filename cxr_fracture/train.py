@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['METHODS', 'TrainConfig', 'DistInfo', 'resolve_device', 'init_distributed', 'step_seed', 'seed_all', 'rng_state',
-           'set_rng_state', 'save_atomic', 'load_checkpoint', 'supervision_weights', 'model_stride', 'load_data',
-           'make_dataset', 'sup_loss', 'distill_loss', 'evaluate', 'train', 'load_trained', 'read_log', 'plot_log',
-           'add_cli']
+__all__ = ['METHODS', 'RESUME_FREE', 'TrainConfig', 'DistInfo', 'resolve_device', 'init_distributed', 'step_seed', 'seed_all',
+           'rng_state', 'set_rng_state', 'save_atomic', 'load_checkpoint', 'check_resume_config', 'supervision_weights',
+           'model_stride', 'load_data', 'make_dataset', 'sup_loss', 'distill_loss', 'evaluate', 'train', 'load_trained',
+           'read_log', 'plot_log', 'add_cli']
 
 # %% ../nbs/09_train.ipynb #f995170a
 from .model import build_model, MODEL_CONFIGS, DEMO_SIZE, image_scores
@@ -197,6 +197,21 @@ def load_checkpoint(path:str|Path, # a file written by the trainer
     try: return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e: raise ValueError(f'{path}: not a readable trainer checkpoint ({e}); delete it and train again') from e
 
+# %% ../nbs/09_train.ipynb #69fcd959
+RESUME_FREE = ('out', 'device', 'progress', 'num_workers', 'cache', 'checkpoint_every')  # may change on resume
+
+def check_resume_config(saved:dict, # the checkpoint's `config`
+                        cfg:TrainConfig, # the resuming run's configuration
+                        path:str|Path='checkpoint', # the checkpoint (named in the error)
+                       ):
+    "ValueError naming the fields (other than RESUME_FREE) in which `cfg` differs from a checkpoint's config."
+    now = cfg.to_dict()
+    bad = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k, '<absent>') != now.get(k, '<absent>'))
+    if bad:
+        diff = ', '.join(f'{k}: {saved.get(k, "<absent>")!r} -> {now.get(k, "<absent>")!r}' for k in bad)
+        raise ValueError(f'{path}: cannot resume, the run differs from the checkpoint in {bad} ({diff}); resume with the '
+                         f'saved settings (see config.json beside it) or train into a fresh out folder')
+
 # %% ../nbs/09_train.ipynb #4cf22492
 def supervision_weights(labels:torch.Tensor,   # (B,C) image labels: 1, 0, -1 (uncertain) or NaN (unknown)
                         roles:torch.Tensor,    # (B,) role codes (cxr_fracture.data.ROLE_CODE: R=0, P=1, N=2, U=3)
@@ -340,9 +355,10 @@ def _scheduler(opt, kind:str, total:int):
 def _one(_): return 1.0
 
 def _progress(it, total, desc, enabled):
-    if not enabled: return it
-    from tqdm.auto import tqdm
-    return tqdm(it, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    "`it` with a progress bar when `enabled` and tqdm is installed (tqdm is optional), else `it` itself."
+    from cxr_fracture.io import _progress_bar
+    bar = _progress_bar(total, 0, enabled, desc=desc, unit='it', iterable=it, leave=False, dynamic_ncols=True)
+    return it if bar is None else bar
 
 def _sync_buffers(model:nn.Module, di:DistInfo):
     "Average floating buffers (BatchNorm statistics) over ranks so every rank's student and teacher agree."
@@ -444,7 +460,6 @@ class _Run:
         self.acc, self.last = {}, None
         self.teacher = self.temporal = self.opt = self.sched = None
         self.dyn = {'t': None, 'a': None, 'm': None, 'scores': [[] for _ in self.classes]}
-        self.sampler_state = None
 
     def _build_model(self):
         cfg = self.cfg
@@ -485,7 +500,6 @@ class _Run:
         batches = s.global_batches()[:, self.di.rank][:self.n_steps(stage, epoch)]
         keyed = [[(int(i), step_seed(cfg.seed, stage, epoch, k, j)) for j, i in enumerate(b)] for k, b in enumerate(batches)][start:]
         self.train_ds.set_epoch(stage * 1_000_000 + epoch)  # seeds the per-item augmentation with (seed, epoch, index)
-        self.sampler_state = s.state_dict(position=start)
         return torch.utils.data.DataLoader(_SeededItems(self.train_ds), batch_sampler=keyed, num_workers=cfg.num_workers,
                                            collate_fn=collate, pin_memory=self.di.device.type == 'cuda')
 
@@ -515,10 +529,7 @@ class _Run:
             dis_w = dis_w * self.temporal.seen(b['index']).to(dev).float()[:, None]
         ps, rows = None, torch.nonzero(dis_w.sum(1) > 0).flatten()
         if len(rows):  # the target first: the Pi-model's pass must not touch buffers the student's backward needs
-            with torch.no_grad():
-                target = self.teacher_target(b, rows)          # p' = f_Affi(DS(p)): (k, C, h, w) in the student's frame
-                ps = image_scores(target)                      # the teacher's image scores (before sharpening)
-                target = self.sharpen(target, ps, dis_w[rows])
+            target, ps = self.distill_target(b, rows, dis_w[rows])
         self.ddp.train()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = logits_of(self.ddp(x))
@@ -538,6 +549,13 @@ class _Run:
                              dis_w[rows] if ps is not None else logits.new_zeros(0, len(self.classes)))
         n = x.shape[0]
         return {'loss': float(loss.detach()) * n, 'loss_sup': float(sup.detach()) * n, 'loss_distill': float(dis.detach()) * n, 'n': n}
+
+    @torch.no_grad()
+    def distill_target(self, b:dict, rows:torch.Tensor, w:torch.Tensor)->tuple:
+        "(target, teacher scores) of batch rows `rows`: S(p') with p' = f_Affi(DS(p)) the teacher's map in the student's frame."
+        p = self.teacher_target(b, rows)   # (k, C, h, w) in the student's frame
+        ps = image_scores(p)               # the teacher's image scores (before sharpening): dynamic sharpening's m
+        return self.sharpen(p, ps, w), ps
 
     @torch.no_grad()
     def teacher_target(self, b:dict, rows:torch.Tensor)->torch.Tensor:
@@ -567,7 +585,7 @@ class _Run:
         raise ValueError(f'unknown sharpening {kind!r}')
 
     def dyn_params(self, scores:torch.Tensor, w:torch.Tensor)->tuple:
-        "(t, a) per class from m, the median teacher score of the positive P images in the previous epoch (first epoch: so far)."
+        "(t, a) per class from m: the median teacher image score of the distilled positives of the previous epoch (first epoch: so far)."
         if self.dyn['t'] is not None: return torch.tensor(self.dyn['t']), torch.tensor(self.dyn['a'])
         med = []
         for c in range(len(self.classes)):
@@ -664,7 +682,7 @@ class _Run:
                 'model': unwrap(self.model).state_dict(), 'optimizer': self.opt.state_dict(), 'scheduler': self.sched.state_dict(),
                 'teacher': self.teacher.state_dict() if self.teacher is not None else None,
                 'temporal': self.temporal.state_dict() if self.temporal is not None else None,
-                'sampler': self.sampler_state, 'dynamic': _jsonable(self.dyn), 'acc': dict(self.acc),
+                'sampler': self.sampler(self.stage, self.epoch).state_dict(position=self.step), 'dynamic': _jsonable(self.dyn), 'acc': dict(self.acc),
                 'best': _jsonable(self.best), 'rng': rng_state()}
 
     def save_checkpoint(self):
@@ -689,6 +707,7 @@ class _Run:
             if ck['world_size'] != di.world:
                 raise ValueError(f"{self.ckdir/'last.pt'} was written by {ck['world_size']} process(es), this run has {di.world}: "
                                  f"resume with the same number of processes")
+            check_resume_config(ck['config'], cfg, self.ckdir/'last.pt')
             if di.main: _truncate_log(self.out/'metrics_log.jsonl', ck['stage'], ck['epoch'])
         elif di.main:
             (self.out/'metrics_log.jsonl').unlink(missing_ok=True)
@@ -701,7 +720,14 @@ class _Run:
         for stage, E in ((1, E1), (2, cfg.epochs_stage2)):
             if ck is not None and stage < ck['stage']: continue
             if ck is not None and ck['stage'] == stage:
-                self.setup_stage(stage); self.load(ck); ck = None
+                self.setup_stage(stage); self.load(ck)
+                if ck.get('sampler') is not None:  # raises if the batches would differ (batch size, p_fraction, seed, ...)
+                    self.sampler(stage, self.epoch).load_state_dict(ck['sampler'])
+                    if (ck['sampler']['epoch'], ck['sampler']['position']) != (self.epoch, self.step):
+                        raise ValueError(f"{self.ckdir/'last.pt'}: sampler at epoch {ck['sampler']['epoch']} batch "
+                                         f"{ck['sampler']['position']}, trainer at epoch {self.epoch} step {self.step}: "
+                                         "an inconsistent checkpoint; delete it and train again")
+                ck = None
             else:
                 if stage == 2 and E1 > 0:  # stage 2 starts from the best pre-trained model
                     best1 = load_checkpoint(self.out/'stage1'/'model.pt')
@@ -715,7 +741,7 @@ class _Run:
 
 # %% ../nbs/09_train.ipynb #6e50d6f9
 def train(cfg:TrainConfig|dict, # the run's settings (a dict is passed to TrainConfig.from_dict)
-          resume:bool=False,    # continue from OUT/checkpoints/last.pt when it exists
+          resume:bool=False,    # continue from OUT/checkpoints/last.pt when it exists (same settings but RESUME_FREE, else ValueError)
          )->dict:               # out, model (path of the best model.pt), best, stage1_model, global_step, last (log line)
     "Train stage 1 (supervised) and stage 2 (the method) with validation, checkpoints and the metrics log."
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg.check()

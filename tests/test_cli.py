@@ -21,3 +21,34 @@ def test_each_command_has_help():
         r = subprocess.run([CLI, c, '--help'], capture_output=True, text=True)
         assert r.returncode == 0, (c, r.stderr)
         assert r.stdout.lower().startswith('usage: cxr-fracture ' + c), (c, r.stdout[:200])
+
+
+# ---------------------------------------------------------------- bad input: one line on stderr, exit 2, no traceback
+def test_build_manifest_missing_root_is_a_clean_error(tmp_path):
+    for source, extra in [('fracatlas', []), ('dicom-folder', ['--salt', 's'])]:
+        r = subprocess.run([CLI, 'build-manifest', source, str(tmp_path / 'nonexistent'), '--out', str(tmp_path / 'm.csv'), '--quiet', *extra],
+                           capture_output=True, text=True)
+        assert r.returncode == 2, (source, r.stdout, r.stderr)
+        assert 'Traceback' not in r.stderr and r.stdout == '', (source, r.stderr)
+        assert r.stderr.startswith(f'cxr-fracture build-manifest {source}: ') and 'nonexistent' in r.stderr and 'no such folder' in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / 'm.csv').exists()
+
+
+def test_build_manifest_bad_values_are_clean_errors(tmp_path, capsys):
+    (tmp_path / 'file.dcm').write_bytes(b'x')
+    assert main(['build-manifest', 'dicom-folder', str(tmp_path / 'file.dcm'), '--out', str(tmp_path / 'm.csv'), '--salt', 's', '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('cxr-fracture build-manifest dicom-folder: ') and 'not a folder' in err
+    (tmp_path / 'fa').mkdir()   # a folder that is not FracAtlas
+    assert main(['build-manifest', 'fracatlas', str(tmp_path / 'fa'), '--out', str(tmp_path / 'm.csv'), '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('cxr-fracture build-manifest fracatlas: ') and 'dataset.csv' in err and 'FracAtlas folder' in err
+    assert main(['build-manifest', 'fracatlas', str(tmp_path / 'fa'), '--out', str(tmp_path / 'm.csv'), '--boxed-fraction', '2']) == 2
+    assert 'boxed_fraction must be in [0, 1]' in capsys.readouterr().err
+
+
+def test_phantom_n_below_one_is_rejected(tmp_path):
+    for n in ('0', '-3'):
+        r = subprocess.run([CLI, 'phantom', '--n', n, '--out', str(tmp_path / 'ph'), '--quiet'], capture_output=True, text=True)
+        assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+        assert r.stderr.startswith('cxr-fracture phantom: --n must be at least 1') and f'not {n}' in r.stderr, r.stderr

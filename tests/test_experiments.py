@@ -1,14 +1,27 @@
-"""The papermill template with the `test` preset for every method, the run/sweep/demo commands."""
-import json, subprocess, sys
+"""The papermill template with the `test` preset for every method; the run and sweep commands (resume, Slurm script,
+shared data); the demo (`demo()` and its printed table); the benchmarks runner."""
+import importlib.util, json, os, subprocess, sys, time
 from pathlib import Path
+import pandas as pd
 import pytest
 import yaml
 
-from cxr_fracture.experiments import (run_experiment, expand_grid, sweep, collect_runs, comparison_table,
-                                      template_parameters, experiments_dir, RunFailed)
+import cxr_fracture.experiments as ex
+from cxr_fracture.experiments import (run_experiment, expand_grid, sweep, collect_runs, comparison_table, resolve_params,
+                                      template_parameters, experiments_dir, RunFailed, demo, slurm_script)
 from cxr_fracture.train import METHODS
 
 CLI = str(Path(sys.executable).parent / 'cxr-fracture')
+REPO = Path(__file__).resolve().parents[1]
+
+
+def log_lines(d: Path) -> list:
+    return (d / 'metrics_log.jsonl').read_text().splitlines()
+
+
+def untimed(line: str) -> dict:
+    "A log line without its wall-clock fields."
+    return {k: v for k, v in json.loads(line).items() if k not in ('time_s', 'images_per_s')}
 RESULT_KEYS = {'auroc', 'auroc_ci', 'pixel_froc', 'component_froc', 'recall_at_fp_0.1'}
 
 
@@ -38,6 +51,13 @@ def test_every_method_runs_the_template(method_runs):
         assert metrics['config']['method'] == m and metrics['config']['t'] == 0.4
         assert set(metrics) >= {'config', 'results', 'timing', 'versions', 'git_commit'}
         assert metrics['versions']['torch']
+        best, log = metrics['best'], [json.loads(l) for l in log_lines(d)]
+        line = [r for r in log if (r['stage'], r['epoch']) == (best['stage'], best['epoch'])]
+        assert len(line) == 1, (m, best)                              # the best model is one epoch of the log
+        v = line[0]['val_mean_auroc']
+        assert (best['val_auroc'] is None) if v != v else best['val_auroc'] == pytest.approx(v)   # NaN: no AUROC
+        assert best['global_step'] == line[0]['global_step'] and best['selected_by']
+        assert metrics['timing']['attempts'] == 1 and metrics['timing']['train_seconds'] > 0
         for cls, r in metrics['results'].items():
             assert RESULT_KEYS <= set(r), (m, cls, set(r))
         rib = metrics['results']['rib_fracture']
@@ -72,16 +92,47 @@ def test_unknown_parameter_and_failed_run(tmp_path, phantom_root):
         run_experiment('test', {'method': 'no_such_method', 'data_root': str(phantom_root)}, out=tmp_path / 'y')
 
 
-def test_run_command_and_resume(tmp_path, phantom_root):
+class Killed(Exception):
+    "Stands for the SIGKILL of a preempted job."
+
+
+def test_run_command_and_resume(tmp_path, phantom_root, monkeypatch):
+    """`cxr-fracture run --resume` reaches the trainer through papermill and continues a killed run from its
+    checkpoints/last.pt: the run killed after stage 1 trains only stage 2 on resume (stage 1's model and log line kept
+    as they were), and the training time adds up over the two attempts. (The trainer's own tests kill runs mid-epoch
+    and check a resumed run is exact; here it is the template's wiring.)"""
+    import cxr_fracture.train as tr
     out = tmp_path / 'cli'
     args = [CLI, 'run', 'test', '-p', 'method', 'mean_teacher', '-p', 'data_root', str(phantom_root), '--out', str(out), '--quiet']
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    first = json.loads((out / 'metrics.json').read_text())
-    r = subprocess.run(args + ['--resume'], capture_output=True, text=True)   # finished run: resume changes nothing
+    done = log_lines(out)
+    assert [json.loads(l)['stage'] for l in done] == [1, 2]
+    # the same run (the template's own config.json), started afresh and killed as its stage 2 begins
+    cfg = json.loads((out / 'config.json').read_text())
+    run_epoch = tr._Run.run_epoch
+    def killed_in_stage2(self, stage, epoch):
+        if stage == 2: raise Killed()
+        return run_epoch(self, stage, epoch)
+    monkeypatch.setattr(tr._Run, 'run_epoch', killed_in_stage2)
+    (out / 'metrics.json').unlink()
+    started = time.time(); ex.start_attempt(out, resume=False)          # as the template does before training
+    with pytest.raises(Killed): tr.train(cfg)
+    monkeypatch.undo()
+    killed = log_lines(out)
+    assert len(killed) == 1 and untimed(killed[0]) == untimed(done[0]) and (out / 'checkpoints' / 'last.pt').exists()
+    stage1, ck_time = (out / 'stage1' / 'model.pt').stat().st_mtime_ns, (out / 'checkpoints' / 'last.pt').stat().st_mtime
+    r = subprocess.run(args + ['--resume'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    again = json.loads((out / 'metrics.json').read_text())
-    assert again['results'] == first['results'] and again['config']['resume'] is True
+    again, lines = json.loads((out / 'metrics.json').read_text()), log_lines(out)
+    assert again['config']['resume'] is True
+    assert lines[0] == killed[0] and [json.loads(l)['stage'] for l in lines] == [1, 2]   # stage 1 not retrained ...
+    assert (out / 'stage1' / 'model.pt').stat().st_mtime_ns == stage1
+    assert json.loads(lines[1])['global_step'] == json.loads(done[1])['global_step']       # ... stage 2 continued from it
+    t = again['timing']
+    assert t['attempts'] == 2 and t['train_seconds'] == pytest.approx(t['train_seconds_attempt'] + ck_time - started, abs=0.5)
+    best = again['best']
+    assert any((json.loads(l)['stage'], json.loads(l)['epoch']) == (best['stage'], best['epoch']) for l in lines)
 
 
 def test_sweep_grid_slurm_and_index(tmp_path, phantom_root):
@@ -95,11 +146,162 @@ def test_sweep_grid_slurm_and_index(tmp_path, phantom_root):
     r = subprocess.run([CLI, 'sweep', str(grid), '--slurm'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     script = (tmp_path / 'abl' / 'sweep.sbatch').read_text()
-    assert '#SBATCH --array=0-3' in script and '--index "$SLURM_ARRAY_TASK_ID"' in script
+    assert '#SBATCH --array=0-3' in script and f'{CLI} sweep {grid} --index "$SLURM_ARRAY_TASK_ID"' in script
+    run = tmp_path / 'abl' / 't-0.3_a0-4'
     rep = sweep(grid, index=1)                     # what one array task does
-    assert list(rep.status) == ['ok'] and (tmp_path / 'abl' / 't-0.3_a0-4' / 'metrics.json').exists()
-    rep = sweep(grid, dry_run=True)                # resumable: the finished run is skipped
+    assert list(rep.status) == ['ok'] and (run / 'metrics.json').exists()
+    rep = sweep(grid, dry_run=True)                # the finished run is skipped
     assert sorted(rep.status) == ['done (skipped)', 'todo', 'todo', 'todo']
+    # a task preempted after its last checkpoint (no metrics.json yet): the requeued task resumes, it does not retrain
+    model, lines = (run / 'model.pt').stat().st_mtime_ns, log_lines(run)
+    (run / 'metrics.json').unlink()
+    rep = sweep(grid, index=1)
+    assert list(rep.status) == ['ok']
+    m = json.loads((run / 'metrics.json').read_text())
+    assert m['config']['resume'] is True and m['timing']['attempts'] == 2
+    assert (run / 'model.pt').stat().st_mtime_ns == model and log_lines(run) == lines
+
+
+def test_every_sweep_launch_resumes_and_shared_data_is_prepared_first(tmp_path, monkeypatch):
+    "Sequential, per-GPU and Slurm sweeps all launch runs with resume; a not-yet-drawn shared phantom is drawn (and its "
+    "cache built) once, before any per-GPU worker starts."
+    shared = tmp_path / 'shared_phantom'
+    grid = tmp_path / 'g.yaml'
+    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g'), 'params': {'data_root': str(shared)},
+                                    'grid': {'method': ['aals', 'supervised', 'dynamic']}}))
+    calls, launched = [], []
+    monkeypatch.setattr(ex, 'run_experiment', lambda *a, **k: calls.append(k))
+    rep = sweep(grid, gpus=0)
+    assert list(rep.status) == ['ok'] * 3 and [k['resume'] for k in calls] == [True] * 3
+    assert (shared / 'manifest.csv').exists() and (tmp_path / 'shared_phantom.lock').exists()
+    import shutil; shutil.rmtree(shared)
+
+    class FakeProc:
+        returncode = 0
+        def __init__(self, cmd, env):
+            launched.append((cmd, env['CUDA_VISIBLE_DEVICES'], (shared / 'manifest.csv').exists(),
+                             (shared / 'cache_64' / 'meta.json').exists()))
+        def poll(self): return 0
+    monkeypatch.setattr(ex.subprocess, 'Popen', FakeProc)
+    monkeypatch.setattr(ex.time, 'sleep', lambda s: None)
+    rep = sweep(grid, gpus=2)
+    assert list(rep.status) == ['ok'] * 3 and len(launched) == 3
+    for cmd, gpu, drawn, cached in launched:
+        assert '--resume' in cmd and drawn and cached and gpu in ('0', '1')
+        assert Path(cmd[0]).is_absolute() and cmd[cmd.index('run') + 1] == 'test'
+    # a shared phantom that cannot be drawn fails its runs, with the reason, before any is launched
+    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g2'), 'params': {'data_root': str(shared)},
+                                    'grid': {'phantom_n': [30]}}))
+    launched.clear()
+    rep = sweep(grid, gpus=2)
+    assert list(rep.status) == ['failed'] and 'holds a phantom drawn with' in rep.error[0] and not launched
+
+
+def test_slurm_script_command_and_options(tmp_path, monkeypatch):
+    "The array script calls this installation's command by absolute path; the sweep command sets the job's resources."
+    from cxr_fracture.cli import main
+    grid = tmp_path / 'g.yaml'
+    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g'), 'grid': {'seed': [0, 1]}}))
+    assert main(['sweep', str(grid), '--slurm', '--slurm-time', '2:30:00', '--slurm-mem', '16G', '--slurm-cpus', '4',
+                 '--slurm-gpus', '2', '--slurm-partition', 'gpu']) == 0
+    s = (tmp_path / 'g' / 'sweep.sbatch').read_text()
+    for line in ('#SBATCH --array=0-1', '#SBATCH --gres=gpu:2', '#SBATCH --cpus-per-task=4', '#SBATCH --mem=16G',
+                 '#SBATCH --time=2:30:00', '#SBATCH --partition=gpu'):
+        assert line in s.splitlines(), line
+    task = s.strip().splitlines()[-1]
+    exe = task.split()[0]
+    assert Path(exe).is_absolute() and os.access(exe, os.X_OK) and task.endswith(f'sweep {grid} --index "$SLURM_ARRAY_TASK_ID"')
+    assert '--gres' not in slurm_script(grid, 2, gpus_per_task=0) and '--partition' not in slurm_script(grid, 2)
+    monkeypatch.setattr(ex.sys, 'executable', str(tmp_path / 'nobin' / 'python'))   # no console script beside python
+    fallback = slurm_script(grid, 2).strip().splitlines()[-1]
+    assert 'from cxr_fracture.cli import main' in fallback and fallback.startswith(str(tmp_path / 'nobin' / 'python'))
+
+
+def test_example_grids_expand_to_known_parameters():
+    grids = sorted((experiments_dir() / 'grids').glob('*.yaml'))
+    assert 'aals_ablation.yaml' in {g.name for g in grids}
+    for g in grids:
+        runs = expand_grid(g)
+        assert len({r['name'] for r in runs}) == len(runs) == len({json.dumps(r['overrides'], sort_keys=True) for r in runs})
+        for r in runs: resolve_params(r['preset'], r['overrides'])   # raises on an unknown parameter
+    abl = [r['overrides'] for r in expand_grid(experiments_dir() / 'grids' / 'aals_ablation.yaml')]
+    assert {o['method'] for o in abl} == {'aals'}
+    assert all(o['a0'] == 4 or o['t'] == 0.4 for o in abl)                # one parameter at a time
+    assert sum(o['a0'] == 4 and o['t'] == 0.4 for o in abl) == 1          # the shared setting once
+    assert len({o['t'] for o in abl}) >= 4 and len({o['a0'] for o in abl}) >= 4
+
+
+def readme_demo_block() -> list:
+    text = (REPO / 'README.md').read_text()
+    sec = text[text.index('## What the demo measured'):]
+    return sec[sec.index('```\n') + 4:].split('```')[0].splitlines()
+
+
+def test_demo_main_job(tmp_path, capsys):
+    "`demo()` (the `make demo` job) with the test preset: gallery first, the table as the README prints it, one stage 1."
+    out = tmp_path / 'demo'
+    tab = demo(out, preset='test', methods=('supervised', 'aals'), overrides={'limit_batches': 1, 'n_bootstrap': 0})
+    printed = capsys.readouterr().out
+    assert list(tab.index) == ['supervised', 'aals'] and (out / 'comparison.csv').exists() and (out / 'comparison.md').exists()
+    gallery = out / 'phantom_gallery.png'
+    assert gallery.stat().st_size > 1000
+    assert gallery.stat().st_mtime_ns < (out / 'supervised' / 'metrics_log.jsonl').stat().st_mtime_ns   # drawn before training
+    # the printed table has the README's layout: the same caption and header lines, rows as wide as the header
+    readme = readme_demo_block()
+    heads = [l for l in readme if l.startswith('method')]
+    captions = [l for l in readme if l.endswith('localization-complete images)')]
+    got = printed[printed.index('rib_fracture (test split'):].splitlines()
+    assert [l for l in got if l.startswith('method')] == heads[:1] * 2 and heads[0] == heads[1]
+    assert [l for l in got if l.endswith('localization-complete images)')] == captions
+    rows = [l for l in got if l.split()[:1] in (['supervised'], ['aals'])]
+    assert len(rows) == 4 and all(len(l) == len(heads[0]) for l in rows)
+    assert all(len(l) == len(heads[0]) for l in readme if l.split()[:1] in (['supervised'], ['aals']))
+    # AALS started from the supervised run's stage-1 model: no stage 1 of its own
+    m = json.loads((out / 'aals' / 'metrics.json').read_text())
+    init = out / 'supervised' / 'stage1' / 'model.pt'
+    assert m['config']['init'] == str(init) and init.exists() and m['stage1_model'] == str(init)
+    assert m['config']['train_config']['epochs_stage1'] == 0 and m['best']['stage'] == 2
+    assert {json.loads(l)['stage'] for l in log_lines(out / 'aals')} == {2}
+    assert not (out / 'aals' / 'stage1').exists()
+
+
+def test_demo_gallery_survives_a_failed_run(tmp_path, monkeypatch):
+    def fail(*a, **k): raise RunFailed('boom')
+    monkeypatch.setattr(ex, 'run_experiment', fail)
+    with pytest.raises(RunFailed): demo(tmp_path / 'd', preset='test', methods=('supervised', 'aals'))
+    assert (tmp_path / 'd' / 'phantom_gallery.png').stat().st_size > 1000
+
+
+def _run_all():
+    spec = importlib.util.spec_from_file_location('run_all', REPO / 'tests' / 'benchmarks' / 'run_all.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_runner(tmp_path, monkeypatch, capfd):
+    "`make bench`: every bench_*.py but the long ones (unless --all), each in its own process, past failures."
+    mod = _run_all()
+    assert mod.main(['--list']) == 0
+    listed = dict(l.split()[:2] for l in capfd.readouterr().out.splitlines())
+    real = {p.stem for p in (REPO / 'tests' / 'benchmarks').glob('bench_*.py')}
+    assert set(listed) == real and listed['bench_science'] == listed['bench_fracatlas'] == 'skip'
+    assert {k for k, v in listed.items() if v == 'run'} == real - {'bench_science', 'bench_fracatlas'}
+    assert 'bench_science' in mod.main.__globals__['LONG'] and (REPO / 'Makefile').read_text().count('tests/benchmarks/run_all.py') == 1
+    # a fake benchmarks folder: one fails, the next still runs, the exit status says so
+    for name, code in (('bench_a', 'print("A ran")'), ('bench_b', 'raise SystemExit(3)'), ('bench_c', 'print("C ran")'),
+                       ('bench_science', 'print("long ran")')):
+        (tmp_path / f'{name}.py').write_text(code + '\n')
+    monkeypatch.setattr(mod, 'HERE', tmp_path)
+    assert mod.main(['--dry-run']) == 0
+    assert 'A ran' not in capfd.readouterr().out
+    assert mod.main([]) == 1
+    o = capfd.readouterr().out
+    assert 'A ran' in o and 'C ran' in o and 'long ran' not in o
+    assert 'bench_b: FAILED (exit status 3)' in o and 'bench_science: skipped' in o and o.index('bench_b: FAILED') < o.index('C ran')
+    assert mod.main(['--all']) == 1 and 'long ran' in capfd.readouterr().out
+    assert mod.main(['--only', 'bench_science', 'bench_a']) == 0
+    o = capfd.readouterr().out
+    assert 'long ran' in o and 'A ran' in o and 'C ran' not in o
 
 
 def test_presets_are_known_parameters():
@@ -107,3 +309,17 @@ def test_presets_are_known_parameters():
     for p in (experiments_dir() / 'presets').glob('*.yaml'):
         assert set(yaml.safe_load(p.read_text())) <= known, p
     assert {p.stem for p in (experiments_dir() / 'presets').glob('*.yaml')} >= {'test', 'demo', 'fracatlas', 'paper'}
+
+
+def test_comparison_table_with_a_class_no_run_scored():
+    "A class with no test positives in any run (all None) is shown as nan, not an error (seen on tiny phantoms)."
+    rows = []
+    for m, s in (('supervised', 0), ('aals', 0), ('supervised', 1), ('aals', 1)):
+        rows.append(dict(run=f'r/{m}{s}', method=m, fold=0, seed=s, cls='rib_fracture', auroc=0.6 + 0.1 * s,
+                         pixel_froc=0.5, component_froc=0.2, recall_at_fp_0_1=0.1))
+        rows.append(dict(run=f'r/{m}{s}', method=m, fold=0, seed=s, cls='clavicle_fracture', auroc=None,
+                         pixel_froc=None, component_froc=None, recall_at_fp_0_1=None))
+    tab = comparison_table(pd.DataFrame(rows), order=['supervised', 'aals'])
+    assert list(tab.index) == ['supervised', 'aals']
+    assert tab.loc['aals', 'rib_fracture auroc'] == '0.650 ± 0.071'
+    assert tab.loc['aals', 'clavicle_fracture auroc'] == 'nan'

@@ -109,6 +109,23 @@ def test_weighted_bce():
     with pytest.raises(ValueError, match='alpha_l has 3 values'): weighted_bce(z, m, torch.ones(3))
 
 
+def test_weighted_bce_is_the_papers_form_on_hard_targets():
+    "On 0/1 targets: -alpha_l (alpha_r y log p + (1-y) log(1-p)), the dynamic-sharpening paper's loss, per pixel and reduced."
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 2, 6, 6, generator=g, dtype=torch.float64) * 3
+    y = (torch.rand(3, 2, 6, 6, generator=g) > 0.7).double()
+    al, ar = torch.tensor([0.4, 1.6], dtype=torch.float64), 10.0
+    p = torch.sigmoid(z)
+    paper = -al[:, None, None] * (ar * y * torch.log(p) + (1 - y) * torch.log1p(-p))
+    torch.testing.assert_close(weighted_bce(z, y, al, alpha_r=ar, reduction='none'), paper)
+    torch.testing.assert_close(weighted_bce(z, y, al, alpha_r=ar, reduction='image'), paper.mean((-2, -1)))
+    torch.testing.assert_close(weighted_bce(z, y, al, alpha_r=ar), paper.mean())
+    # soft targets (our extension): the whole BCE weighted by 1 + (alpha_r - 1) y
+    q = torch.rand(3, 2, 6, 6, generator=g, dtype=torch.float64)
+    ours = -al[:, None, None] * (1 + (ar - 1) * q) * (q * torch.log(p) + (1 - q) * torch.log1p(-p))
+    torch.testing.assert_close(weighted_bce(z, q, al, alpha_r=ar, reduction='none'), ours)
+
+
 def test_class_weights():
     labels = torch.tensor([[1, 0], [1, -1], [1, 1], [0, float('nan')], [1, 0]])
     w = class_weights(labels)              # 4 rib, 1 clavicle positives

@@ -76,6 +76,19 @@ FAULTS = {
     'value_us_date':     (add_col('note', ['', '', '03/04/1950', '', '', '']), 'identifier', None, 'row 2'),
     'value_long_digits': (add_col('ref', ['', '', '', '', '12345678', '']), 'identifier', None, 'row 4'),
     'value_ssn':         (add_col('ref', ['', '123-45-6789', '', '', '', '']), 'identifier', None, 'social security'),
+    # a negative has every class label 0 and no box
+    'n_with_empty_label':(setv('clavicle_fracture', 2, ''), 'role-mismatch', 2, 'clavicle_fracture is empty (unknown)'),
+    'n_with_uncertain':  (setv('rib_fracture', 3, '-1'), 'role-mismatch', 3, 'rib_fracture is -1 (uncertain)'),
+    'box_on_n_unknown':  (lambda d: setv('boxes', 5, json.dumps([BOX(1, 1, 5, 5, 'clavicle_fracture')]))(setv('clavicle_fracture', 5, '')(d)),
+                          'box-on-negative', 5, 'role N (negative) image (its clavicle_fracture label is empty'),
+    'box_on_n_bad_label':(setv('boxes', 3, json.dumps([BOX(1, 1, 5, 5, 'nodule')])), 'box-on-negative', 3, 'role N'),
+}
+
+# variants of the clean manifest that are valid: (mutation, why)
+NOT_FAULTS = {
+    'no_fold_no_split':  (lambda d: d.drop(columns=['fold', 'split']), 'optional: assign_folds / with_split fill them'),
+    'no_split':          (lambda d: d.drop(columns=['split']), 'optional'),
+    'p_with_boxes':      (setv('boxes', 1, json.dumps([BOX(1, 1, 5, 5)])), 'boxes on P are evaluation truth (the phantom keeps them)'),
 }
 
 
@@ -100,6 +113,60 @@ def test_bad_manifest_fails_with_a_line_naming_fault_and_row(fault, tmp_path, ca
     if row is not None: lines = [l for l in lines if f'row {row} (' in l]
     assert any(extra in l for l in lines), f'no line with {code}, row {row}, {extra!r} in:\n{out}'
     assert all(l.startswith(str(p)) for l in out.splitlines()[:-1])  # every problem line names the file
+
+
+@pytest.mark.parametrize('variant', list(NOT_FAULTS))
+def test_valid_variants_pass_silently(variant, tmp_path, capsys):
+    p = tmp_path / f'{variant}.csv'
+    NOT_FAULTS[variant][0](clean_rows()).to_csv(p, index=False)
+    assert validate_manifest(p) == []
+    assert main(['validate', str(p)]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1 and ': valid: ' in out, out
+
+
+def test_phantom_style_p_boxes_are_not_flagged(tmp_path):
+    "The phantom keeps every box on P images (documented): validate accepts them; boxes on N are flagged."
+    from cxr_fracture.phantom import make_phantom
+    df = make_phantom(12, size=96, seed=3, out=tmp_path, positive_rate=0.6, r_fraction=0.3)
+    assert (df.role == 'P').any() and (df.boxes[df.role == 'P'] != '[]').all()
+    assert validate_manifest(tmp_path / 'manifest.csv') == []
+
+
+def test_box_bounds_without_sizes(tmp_path, capsys):
+    "No width/height: with --root the image headers bound the boxes (PNG by Pillow, DICOM by pydicom), else one note line."
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+    d = clean_rows().drop(columns=['width', 'height'])
+    d.loc[0, 'boxes'] = json.dumps([BOX(10, 10, 99999, 30)])
+    d.loc[1, 'boxes'] = json.dumps([BOX(1, 1, 200, 5)]); d.loc[1, 'path'] = 'img/a1.dcm'
+    p = tmp_path / 'm.csv'; d.to_csv(p, index=False)
+    # no root: the bounds are not checked; one note (not a failure) says how to check them
+    assert main(['validate', str(p)]) == 0
+    out = capsys.readouterr().out
+    notes = [l for l in out.splitlines() if ': note: box-bounds-unchecked: ' in l]
+    assert len(notes) == 1 and '2 row(s)' in notes[0] and '--root DATA_ROOT' in notes[0] and notes[0].startswith(str(p)), out
+    assert 'valid' in out.splitlines()[-1]
+    nl = []; assert validate_manifest(p, notes=nl) == [] and [n.code for n in nl] == ['box-bounds-unchecked']
+    # with --root: the sizes come from the image headers by default
+    (tmp_path / 'img').mkdir()
+    for i in (0, 2, 3, 4, 5): Image.new('L', (100, 25)).save(tmp_path / 'img' / f'a{i}.png')
+    (tmp_path / 'img' / 'a1.dcm').symlink_to(get_testdata_file('CT_small.dcm'))   # 128 x 128
+    assert main(['validate', str(p), '--root', str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "row 0 (line 2, image_id 'a0'): box-outside" in out and '100x25' in out, out
+    assert "row 1 (line 3, image_id 'a1'): box-outside" in out and '128x128' in out, out
+    assert 'box-bounds-unchecked' not in out
+    # --no-check-image-sizes: skipped again, with a note that says so
+    assert main(['validate', str(p), '--root', str(tmp_path), '--no-check-image-sizes']) == 0
+    out = capsys.readouterr().out
+    assert 'note: box-bounds-unchecked' in out and '--no-check-image-sizes' in out
+    # a root where an image is missing: those rows are noted, the others checked
+    (tmp_path / 'img' / 'a0.png').unlink()
+    assert main(['validate', str(p), '--root', str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert 'box-outside' in out and "row 1 (" in out and "row 0 (line 2, image_id 'a0'): box-outside" not in out
+    assert "1 row(s) with boxes (first: row 0, image_id 'a0')" in out and 'could not be read' in out
 
 
 def test_console_script_exit_status(tmp_path):
@@ -173,6 +240,20 @@ def test_merge_labels_and_roles():
     out, rep = merge_labels(man, lab)
     assert out.role.tolist() == ['R', 'P', 'U'] and rep['unmatched_label_ids'] == 1 and rep['images_without_labels'] == 1
     assert derive_roles(out, missing='negative').tolist() == ['R', 'P', 'N']
+    # missing='negative': the empty labels are written as 0, so that the N row validates (a negative has every label 0)
+    man['patient_id'] = ['a', 'b', 'c']
+    neg, _ = merge_labels(man, lab, missing='negative')
+    assert neg.role.tolist() == ['R', 'P', 'N'] and neg.rib_fracture.tolist() == [1, 1, 0] and neg.clavicle_fracture.tolist() == [0, 0, 0]
+    assert validate_manifest(neg) == []
+    assert [p.code for p in validate_manifest(out)] == []   # U with empty labels: fine
+
+
+def test_folds_of_an_empty_manifest():
+    empty = toy().iloc[:0]
+    f = assign_folds(empty)
+    assert len(f) == 0 and 'fold' in f and str(f.fold.dtype) == 'Int8'
+    w = with_split(f)
+    assert len(w) == 0 and 'split' in w
 
 
 # --- FracAtlas ---------------------------------------------------------------------------------------------
@@ -263,7 +344,8 @@ def test_dicom_folder_needs_a_salt_and_joins_labels(dicom_tree, tmp_path, capsys
     import pydicom
     monkeypatch.delenv('CXR_FRACTURE_SALT', raising=False)
     assert main(['build-manifest', 'dicom-folder', str(dicom_tree), '--out', str(tmp_path / 'x.csv'), '--quiet']) == 2
-    assert 'salt' in capsys.readouterr().out and not (tmp_path / 'x.csv').exists()
+    err = capsys.readouterr().err
+    assert err.startswith('cxr-fracture build-manifest dicom-folder: ') and 'salt' in err and not (tmp_path / 'x.csv').exists()
     uid = str(pydicom.dcmread(dicom_tree / 'shared' / 'RG1_J2KI.dcm', stop_before_pixels=True).StudyInstanceUID)
     pd.DataFrame({'record': [uid, 'unknown-study'], 'rib_fracture': ['1', '0'], 'clavicle_fracture': ['0', '0']}).to_csv(tmp_path / 'lab.csv', index=False)
     out = tmp_path / 'd.csv'

@@ -1,5 +1,6 @@
 """Cross-checks of cxr_fracture.metrics against brute-force references, scikit-learn, pycocotools and MONAI."""
-import functools, io, os, subprocess, sys, textwrap, tracemalloc, warnings
+import functools, io, math, os, subprocess, sys, textwrap, tracemalloc, warnings
+from collections.abc import Sequence
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -8,41 +9,73 @@ from cxr_fracture import metrics as M
 
 
 # ---------------------------------------------------------------- brute-force references (test-only)
-def _activated(m, t):
-    return np.asarray(m, dtype=np.float64) >= t
+# Written from the definitions alone, with no use of the package's helpers (box_centers, inside_boxes, _pixel_span):
+# own floor/clip for the center pixels, a loop over pixel centers for the inside mask, and scipy.ndimage.label
+# (8-connectivity) relabelling at every threshold.
+def ref_centers(b, H, W):
+    "Center pixel (floor((y1+y2)/2), floor((x1+x2)/2)) of each box, clipped to the map."
+    out = []
+    for x1, y1, x2, y2 in b:
+        r = min(max(math.floor((y1 + y2) / 2), 0), H - 1)
+        c = min(max(math.floor((x1 + x2) / 2), 0), W - 1)
+        out.append((r, c))
+    return out
+
+def ref_inside(b, H, W):
+    "Pixels whose center (r+0.5, c+0.5) satisfies x1 <= c+0.5 < x2 and y1 <= r+0.5 < y2 for some box."
+    mask = np.zeros((H, W), bool)
+    for r in range(H):
+        for c in range(W):
+            for x1, y1, x2, y2 in b:
+                if x1 <= c + 0.5 < x2 and y1 <= r + 0.5 < y2: mask[r, c] = True
+    return mask
+
+def ref_fp_components(a, b):
+    "Number of 8-connected components of the bool map `a` whose bounding-rect center lies in no box (closed intervals)."
+    lab, k = ndimage.label(a, structure=np.ones((3, 3), int))
+    nfp = 0
+    for q in range(1, k + 1):
+        rr, cc = np.nonzero(lab == q)
+        cy, cx = (rr.min() + rr.max() + 1) / 2, (cc.min() + cc.max() + 1) / 2
+        nfp += not any(x1 <= cx <= x2 and y1 <= cy <= y2 for x1, y1, x2, y2 in b)
+    return nfp
+
+def _as_boxes(b): return [tuple(map(float, row)) for row in np.asarray(b, dtype=np.float64).reshape(-1, 4)]
 
 def brute_pixel_curve(maps, boxes, T):
     "Recall and FP ratio at each threshold, by thresholding every map at every threshold."
-    nbox = sum(len(np.asarray(b).reshape(-1, 4)) for b in boxes)
+    boxes = [_as_boxes(b) for b in boxes]
+    nbox = sum(len(b) for b in boxes)
+    ins = [ref_inside(b, *np.shape(m)) for m, b in zip(maps, boxes)]
+    ctr = [ref_centers(b, *np.shape(m)) for m, b in zip(maps, boxes)]
     rec, fp = [], []
     for t in T:
-        found, ratios = 0, []
-        for m, b in zip(maps, boxes):
-            b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-            a = _activated(m, t)
-            for r, c in M.box_centers(b, m.shape): found += a[r, c]
-            ratios.append((a & ~M.inside_boxes(b, m.shape)).sum() / a.size)
-        rec.append(found / nbox); fp.append(np.mean(ratios))
+        found, ratio = 0, 0.0
+        for m, mk, cc in zip(maps, ins, ctr):
+            a = np.asarray(m, dtype=np.float64) >= t
+            found += sum(bool(a[r, c]) for r, c in cc)
+            ratio += (a & ~mk).sum() / a.size
+        rec.append(found / nbox); fp.append(ratio / len(maps))
     return np.array(rec), np.array(fp)
 
 def brute_component_curve(maps, boxes, T):
     "Recall and FP components per image, relabelling with scipy.ndimage.label (8-connectivity) at every threshold."
-    nbox = sum(len(np.asarray(b).reshape(-1, 4)) for b in boxes)
+    boxes = [_as_boxes(b) for b in boxes]
+    nbox = sum(len(b) for b in boxes)
+    ctr = [ref_centers(b, *np.shape(m)) for m, b in zip(maps, boxes)]
     rec, fp = [], []
     for t in T:
         found = nfp = 0
-        for m, b in zip(maps, boxes):
-            b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-            a = _activated(m, t)
-            for r, c in M.box_centers(b, m.shape): found += a[r, c]
-            lab, _ = ndimage.label(a, structure=np.ones((3, 3)))
-            for sl in ndimage.find_objects(lab):
-                cy = (sl[0].start + sl[0].stop) / 2  # (r0 + r1 + 1)/2 with r1 = stop - 1
-                cx = (sl[1].start + sl[1].stop) / 2
-                inside = ((b[:, 0] <= cx) & (cx <= b[:, 2]) & (b[:, 1] <= cy) & (cy <= b[:, 3])).any()
-                nfp += not inside
+        for m, b, cc in zip(maps, boxes, ctr):
+            a = np.asarray(m, dtype=np.float64) >= t
+            found += sum(bool(a[r, c]) for r, c in cc)
+            nfp += ref_fp_components(a, b)
         rec.append(found / nbox); fp.append(nfp / len(maps))
     return np.array(rec), np.array(fp)
+
+def ref_recall_at(fp, rec, targets):
+    "Largest recall with fp <= f for each target f (0 if none)."
+    return np.array([max([r for x, r in zip(fp, rec) if x <= f], default=0.0) for f in targets])
 
 def random_case(seed, n=7, dtype=np.float64, quantize=None):
     rng = np.random.default_rng(seed)
@@ -59,9 +92,36 @@ def random_case(seed, n=7, dtype=np.float64, quantize=None):
         for _ in range(k):
             x1, y1 = rng.uniform(0, W - 1), rng.uniform(0, H - 1)
             b.append([x1, y1, rng.uniform(x1, W), rng.uniform(y1, H)])
+        for _ in range(rng.integers(0, 3)):  # half-integer corners: pixel centers and component centers on the edges
+            x1, y1 = rng.integers(0, 2 * W) / 2, rng.integers(0, 2 * H) / 2
+            b.append([x1, y1, rng.integers(2 * x1, 2 * W + 1) / 2, rng.integers(2 * y1, 2 * H + 1) / 2])
         if i == 2: b.append([0, 0, W, H])  # a box covering the whole map
+        if i == 3: b.append([W, H, W, H])  # a degenerate box on the far corner: center clipped to (H-1, W-1)
         boxes.append(np.array(b).reshape(-1, 4))
     return maps, boxes
+
+
+# ---------------------------------------------------------------- the definitions' edge cases, explicitly
+def test_reference_and_package_agree_on_the_edge_cases():
+    # center clipping: a degenerate box on the far edge of a (4, 5) map -> pixel (3, 4)
+    assert ref_centers([(5, 4, 5, 4)], 4, 5) == [(3, 4)]
+    np.testing.assert_array_equal(M.box_centers([[5, 4, 5, 4]], (4, 5)), [[3, 4]])
+    m = np.zeros((4, 5)); m[3, 4] = 0.9
+    for f in (M.pixel_froc, M.component_froc):
+        assert f([m], [[[5, 4, 5, 4]]], thresholds=[0.9]).recall.tolist() == [1.0]
+    # half-open upper edge: [0.5, 0.5, 1.5, 1.5] contains pixel (0, 0) only (center 1.5 is not < 1.5)
+    want = np.zeros((3, 3), bool); want[0, 0] = True
+    np.testing.assert_array_equal(ref_inside([(0.5, 0.5, 1.5, 1.5)], 3, 3), want)
+    np.testing.assert_array_equal(M.inside_boxes([[0.5, 0.5, 1.5, 1.5]], (3, 3)), want)
+    for px, fp in (((0, 0), 0.0), ((1, 1), 1 / 9)):  # (0, 0) is inside, (1, 1) is not: an FP pixel
+        m = np.zeros((3, 3)); m[px] = 0.9
+        assert M.pixel_froc([m], [[[0.5, 0.5, 1.5, 1.5]]], thresholds=[0.9]).fp.tolist() == [fp]
+        assert brute_pixel_curve([m], [[[0.5, 0.5, 1.5, 1.5]]], [0.9])[1].tolist() == [fp]
+    # closed intervals for component centers: pixel (0, 0) alone has center (0.5, 0.5)
+    a = np.zeros((3, 3)); a[0, 0] = 0.9
+    for box, nfp in (([0, 0, 0.5, 0.5], 0), ([0.51, 0, 1, 1], 1)):
+        assert ref_fp_components(a >= 0.9, [tuple(box)]) == nfp
+        assert M.component_froc([a], [[box]], thresholds=[0.9]).fp.tolist() == [nfp]
 
 
 # ---------------------------------------------------------------- FROCs against brute force
@@ -73,7 +133,31 @@ def test_streaming_froc_equals_brute_force_exact(seed, dtype):
         rec, fp = ref(maps, boxes, r.thresholds)
         np.testing.assert_array_equal(r.recall, rec)
         np.testing.assert_allclose(r.fp, fp, rtol=0, atol=1e-12)
-        np.testing.assert_array_equal(r.recall_at, M._recall_at(fp, rec, r.targets))
+        np.testing.assert_array_equal(r.recall_at, ref_recall_at(fp, rec, r.targets))
+
+
+def test_component_froc_on_blob_maps_equals_brute_force():
+    # smooth background plus blobs (as the benchmark's maps): new pixels mostly join a component without growing its
+    # rectangle, the case where the sweep keeps a component's FP flag without re-testing its center
+    rng = np.random.default_rng(11)
+    maps, boxes = [], []
+    rr, cc = np.mgrid[:40, :48]
+    for i in range(6):
+        m = ndimage.gaussian_filter(rng.random((40, 48)), 4) * 0.5
+        b = []
+        for _ in range(rng.integers(1, 5)):
+            r, c, s = rng.uniform(3, 37), rng.uniform(3, 45), rng.uniform(1.5, 5)
+            m = np.maximum(m, rng.uniform(0.4, 1) * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * s * s)))
+            if rng.random() < 0.6:  # a box around the blob, sometimes off-center
+                dx, dy = rng.uniform(-2, 2, 2)
+                b.append([max(c + dx - s, 0), max(r + dy - s, 0), min(c + dx + s, 48), min(r + dy + s, 40)])
+        maps.append(np.clip(m, 0, 1).astype(np.float32)); boxes.append(np.array(b).reshape(-1, 4))
+    r = M.component_froc(maps, boxes)
+    sub = np.arange(0, 1001, 13)
+    rec, fp = brute_component_curve(maps, boxes, r.thresholds[sub])
+    np.testing.assert_array_equal(r.recall[sub], rec); np.testing.assert_array_equal(r.fp[sub], fp)
+    e = M.component_froc(maps, boxes, engine='numpy', thresholds=r.thresholds[sub])  # the plain-Python sweep too
+    np.testing.assert_array_equal(e.fp, fp)
 
 
 def test_streaming_froc_equals_brute_force_on_grid():
@@ -143,19 +227,57 @@ def test_image_order_does_not_change_the_result():
         np.testing.assert_array_equal(a.fp, b.fp); np.testing.assert_array_equal(a.recall, b.recall)
 
 
-def test_memory_does_not_grow_with_images():
-    def gen(n):
-        rng = np.random.default_rng(0)
-        pool = [rng.random((64, 64)).astype(np.float32) for _ in range(4)]
-        for i in range(n): yield pool[i % 4]
+def _fresh_maps(n, size=64, seed=0, quantize=None):
+    "A generator of n fresh float32 maps (a new array each time: nothing shared between images)."
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        m = rng.random((size, size), dtype=np.float32)
+        yield np.round(m * quantize) / quantize if quantize else m
+
+def _peak_bytes(run):
+    tracemalloc.start()
+    try: run(); return tracemalloc.get_traced_memory()[1]
+    finally: tracemalloc.stop()
+
+def test_memory_does_not_grow_with_images(monkeypatch):
     boxes = lambda n: ([[8, 8, 20, 20]] if i % 2 else [] for i in range(n))
-    peaks = []
-    for n in (20, 200):
-        M.component_froc(gen(2), boxes(2)); M.pixel_froc(gen(2), boxes(2))  # warm up
-        tracemalloc.start()
-        M.component_froc(gen(n), boxes(n)); M.pixel_froc(gen(n), boxes(n))
-        peaks.append(tracemalloc.get_traced_memory()[1]); tracemalloc.stop()
-    assert peaks[1] < 1.5 * peaks[0] + 200_000, peaks
+    run = lambda n: lambda: (M.component_froc(_fresh_maps(n), boxes(n)), M.pixel_froc(_fresh_maps(n), boxes(n)))
+    run(4)()  # warm up (numba compile or cache load)
+    p50, p500 = _peak_bytes(run(50)), _peak_bytes(run(500))
+    assert p500 < 1.2 * p50 + 100_000, (p50, p500)  # 450 more maps of 16 KiB would add 7 MiB
+    # the measurement has teeth: keeping a reference to every map (the bug it guards against) is caught
+    kept, check = [], M._check_map
+    monkeypatch.setattr(M, '_check_map', lambda m, i: (kept.append(m), check(m, i))[1])
+    q50, q500 = _peak_bytes(run(50)), _peak_bytes(run(500))
+    assert q500 > 1.2 * q50 + 100_000 + 5_000_000, (q50, q500)
+
+
+class _LazyMaps(Sequence):
+    "A Sequence that makes its maps in __getitem__ (as a dataset reading from disk would): nothing is held."
+    def __init__(self, n, size=64): self.n, self.size = n, size
+    def __len__(self): return self.n
+    def __getitem__(self, i):
+        if not 0 <= i < self.n: raise IndexError(i)
+        m = np.random.default_rng(i).random((self.size, self.size), dtype=np.float32)
+        return np.round(m * 200) / 200  # 201 distinct values: the exact thresholds stay few
+
+
+def test_exact_thresholds_read_a_sequence_twice_without_copying():
+    boxes = lambda n: [[[8, 8, 20, 20]] if i % 2 else [] for i in range(n)]
+    lazy = _LazyMaps(30)
+    for f in (M.pixel_froc, M.component_froc):
+        a = f(lazy, boxes(30), thresholds='exact')
+        b = f([lazy[i] for i in range(30)], boxes(30), thresholds='exact')           # a list
+        c = f((lazy[i] for i in range(30)), boxes(30), thresholds='exact')           # a generator (materialized)
+        d = f(np.stack([lazy[i] for i in range(30)]), boxes(30), thresholds='exact') # a 3-D array
+        for r in (b, c, d):
+            np.testing.assert_array_equal(a.thresholds, r.thresholds)
+            np.testing.assert_array_equal(a.recall, r.recall); np.testing.assert_array_equal(a.fp, r.fp)
+    gboxes = lambda n: ([[8, 8, 20, 20]] if i % 2 else [] for i in range(n))
+    f = lambda n: lambda: M.component_froc(_LazyMaps(n), gboxes(n), thresholds='exact')
+    f(4)()
+    p50, p500 = _peak_bytes(f(50)), _peak_bytes(f(500))
+    assert p500 < 1.2 * p50 + 100_000, (p50, p500)  # list(maps) would hold 500 maps of 32 KiB
 
 
 def test_component_froc_agrees_with_monai():
@@ -202,6 +324,25 @@ def test_paint_boxes_gives_detectors_the_pixel_froc():
     with pytest.raises(ValueError, match='scores'): M.paint_boxes([[0, 0, 1, 1]], [1.5], (3, 3))
 
 
+def test_paint_boxes_paints_the_center_pixel_of_a_box_with_no_pixel_center():
+    thin = [0.6, 0, 1.4, 1]  # contains no pixel center; its center pixel is (0, 1)
+    assert not ref_inside([tuple(thin)], 20, 20).any() and ref_centers([tuple(thin)], 20, 20) == [(0, 1)]
+    m = M.paint_boxes([thin], [0.8], (20, 20))
+    assert m[0, 1] == 0.8 and (m > 0).sum() == 1
+    r = M.pixel_froc([m], [[thin]], thresholds='exact')
+    assert r.recall_at_fp(0.0025) == 1.0 and r.score == 1.0  # the detection of the thin box is not lost
+    # [0.5, 0.5, 1.5, 1.5] contains pixel (0, 0) only but has center pixel (1, 1): both are painted
+    m = M.paint_boxes([[0.5, 0.5, 1.5, 1.5]], [0.6], (3, 3))
+    assert sorted(zip(*np.nonzero(m))) == [(0, 0), (1, 1)]
+    # a detection equal to the ground-truth box always activates the box's center pixel
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x1, y1 = rng.integers(0, 20, 2) / 2
+        b = [x1, y1, x1 + rng.integers(0, 4) / 2, y1 + rng.integers(0, 4) / 2]
+        (r_, c_), = ref_centers([tuple(b)], 12, 12)
+        assert M.paint_boxes([b], [0.7], (12, 12))[r_, c_] == 0.7, b
+
+
 # ---------------------------------------------------------------- AUROC, DeLong, bootstrap
 def slow_delong(S, y):
     "DeLong (1988) with the explicit placement values psi(x, y) = [x > y] + [x == y]/2."
@@ -243,6 +384,14 @@ def test_delong_ci_agrees_with_bootstrap():
     assert (est, lo, hi) == (d[0], d[1], d[2])
 
 
+@pytest.mark.parametrize('level', [0, 1, 95, -0.5, np.nan, 'high'])
+def test_level_must_lie_between_0_and_1(level):
+    y = np.array([0, 1, 0, 1, 1]); s = np.array([0.1, 0.8, 0.3, 0.6, 0.2])
+    with pytest.raises(ValueError, match='level must lie strictly between 0 and 1'): M.delong_ci(s, y, level=level)
+    with pytest.raises(ValueError, match='level must lie strictly between 0 and 1'): M.delong_test(s, s[::-1], y, level=level)
+    with pytest.raises(ValueError, match='level must lie strictly between 0 and 1'): M.bootstrap_ci(M.image_auroc, s, y, n=5, level=level)
+
+
 def test_delong_test_size_under_null():
     # two exchangeable scorers with equal true AUROC: p < 0.05 in about 5% of trials
     rng = np.random.default_rng(0)
@@ -274,9 +423,7 @@ def test_bootstrap_counts_undefined_resamples():
 
 
 # ---------------------------------------------------------------- COCO mAP
-def test_coco_map_equals_cocoeval_summarize():
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def _coco_case():
     rng = np.random.default_rng(0)
     gts, dets = [], []
     for i in range(12):
@@ -289,6 +436,13 @@ def test_coco_map_equals_cocoeval_summarize():
         d += [[*(xy := rng.uniform(0, 200, 2)), *(xy + rng.uniform(5, 80, 2)), rng.random() * 0.6] for _ in range(rng.integers(0, 3))]
         d = np.array(d).reshape(-1, 5); d[:, 2] = np.maximum(d[:, 2], d[:, 0]); d[:, 3] = np.maximum(d[:, 3], d[:, 1])
         dets.append(d)
+    return dets, gts
+
+
+def test_coco_map_equals_cocoeval_summarize():
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    dets, gts = _coco_case()
     ours = M.coco_map(dets, gts)
     with _quiet():
         gt = COCO()
@@ -304,10 +458,13 @@ def test_coco_map_equals_cocoeval_summarize():
     for k, v in zip(['AP', 'AP75', 'AP_S', 'AP_M', 'AP_L'], [st[0], st[2], st[3], st[4], st[5]]):
         assert np.isclose(ours[k], v, atol=1e-12, equal_nan=True), (k, ours[k], v)
     assert 0 < ours['AP75'] <= ours['AP'] <= ours['AP40'] <= 1
-    # faster-coco-eval, when installed, gives the same numbers
-    try: import faster_coco_eval  # noqa
-    except ImportError: return
+
+
+def test_coco_map_faster_coco_eval_gives_the_same_numbers():
+    pytest.importorskip('faster_coco_eval', reason='faster-coco-eval not installed (optional cross-check)')
     import unittest.mock as um
+    dets, gts = _coco_case()
+    ours = M.coco_map(dets, gts)
     with um.patch.dict(sys.modules, {'pycocotools': None, 'pycocotools.coco': None, 'pycocotools.cocoeval': None}):
         fast = M.coco_map(dets, gts)
     for k in ours: assert np.isclose(ours[k], fast[k], atol=1e-9, equal_nan=True), (k, ours[k], fast[k])
@@ -324,6 +481,40 @@ def test_coco_map_without_detections_and_errors():
     assert M.coco_map([[]], [np.array([[0, 0, 5, 5]])])['AP'] == 0.0
     with pytest.raises(ValueError, match='one of each per image'): M.coco_map([[]], [[], []])
     with pytest.raises(ValueError, match=r'detections\[0\]\[0\]'): M.coco_map([[[5, 0, 1, 1, 0.5]]], [[[0, 0, 1, 1]]])
+
+
+@pytest.mark.parametrize('gt,nan', [([[0, 0, 5, 5]], {'AP_M', 'AP_L'}),                         # small only
+                                    ([[0, 0, 50, 50]], {'AP_S', 'AP_L'}),                       # medium only
+                                    ([[0, 0, 5, 5], [0, 0, 200, 200]], {'AP_M'}),              # small and large
+                                    ([[0, 0, 32, 32], [0, 0, 96, 96]], set())])  # areas 32², 96²: both ends inclusive
+def test_coco_map_nan_where_no_ground_truth_with_or_without_detections(gt, nan):
+    gts = [np.array(gt, dtype=float), np.zeros((0, 4))]
+    none = M.coco_map([[], []], gts)
+    far = M.coco_map([[], np.array([[300, 300, 340, 340, 0.9]])], gts)  # a detection in an image with no ground truth
+    assert {k for k, v in none.items() if np.isnan(v)} == nan, none
+    assert {k for k, v in far.items() if np.isnan(v)} == nan, far
+    for k in none:
+        assert np.isclose(none[k], far[k], equal_nan=True), (k, none, far)
+        if k not in nan: assert none[k] == 0.0
+    # IoU thresholds without 0.40 or 0.75: AP40 / AP75 are NaN in both cases too
+    a = M.coco_map([[], []], gts, iou_thresholds=(0.5, 0.6)); b = M.coco_map([[], np.array([[300, 300, 340, 340, 0.9]])], gts, iou_thresholds=(0.5, 0.6))
+    assert np.isnan(a['AP40']) and np.isnan(a['AP75']) and np.isnan(b['AP40']) and np.isnan(b['AP75'])
+
+
+@pytest.mark.parametrize('dets,gts,msg', [
+    ([np.array([[0, 0, 10, 8]])], [[[0, 0, 10, 10]]], r'detections\[0\] has shape \(1, 4\), expected \(k, 5\) rows \[x1, y1, x2, y2, score\]'),
+    ([[0, 0, 10, 8]], [[[0, 0, 10, 10]]], r'detections\[0\] has shape \(4,\), expected \(k, 5\)'),
+    ([[], np.zeros((2, 6))], [[[0, 0, 10, 10]], []], r'detections\[1\] has shape \(2, 6\), expected \(k, 5\)'),
+    ([[]], [np.array([[0, 0, 10]])], r'ground_truth\[0\] has shape \(1, 3\), expected \(m, 4\) rows \[x1, y1, x2, y2\]'),
+    ([[]], [np.zeros((2, 2, 4))], r'ground_truth\[0\] has shape \(2, 2, 4\), expected \(m, 4\)'),
+    ([[[0, 0, 1, 1, 0.5], [0, 0, 1, 1]]], [[[0, 0, 1, 1]]], r'detections\[0\] is not a numeric array'),
+    ([[[0, 0, 1, 1, np.nan]]], [[[0, 0, 1, 1]]], r'detections\[0\]\[0\] .* is not finite'),
+    ([[]], [[[0, 0, 1, 1], [0, 0, np.inf, 1]]], r'ground_truth\[0\]\[1\] .* is not finite'),
+    ([[]], [[[0, 3, 1, 1]]], r'ground_truth\[0\]\[0\] .* is inverted'),
+])
+def test_coco_map_bad_shapes_are_clear_errors(dets, gts, msg):
+    with pytest.raises(ValueError, match=msg): M.coco_map(dets, gts)
+    assert M.coco_map([np.array([0, 0, 10, 10, 0.9])], [np.array([0, 0, 10, 10])])['AP'] > 0.999  # one flat row each is fine
 
 
 # ---------------------------------------------------------------- bad input
@@ -350,6 +541,15 @@ def test_bad_input_is_a_clear_error(f):
         with pytest.raises(ValueError, match=msg): f(*args)
     with pytest.raises(ValueError, match='engine'): f([good], box, engine='gpu')
     with pytest.raises(ValueError, match='exact'): f([good], box, thresholds='all')
+
+
+@pytest.mark.parametrize('f,kw', [(M.pixel_froc, 'fp_ratios'), (M.component_froc, 'fps_per_image')])
+@pytest.mark.parametrize('targets', [(), [], [0.1, np.nan], [np.inf], [-0.1, 0.2], [[]], 'high', None])
+def test_froc_targets_are_validated(f, kw, targets):
+    m = np.zeros((4, 5)); m[1, 1] = 0.9  # the center pixel of [0, 0, 2, 2]
+    with pytest.raises(ValueError, match=f'{kw} must be a non-empty sequence of finite FP targets >= 0'):
+        f([m], [[[0, 0, 2, 2]]], **{kw: targets})
+    assert f([m], [[[0, 0, 2, 2]]], **{kw: [0, 0.1]}).score == 1.0  # 0 is a valid target
 
 
 def test_bad_scores_are_clear_errors():

@@ -124,3 +124,50 @@ def test_configs():
     assert build_model({'backbone': 'resnet18', 'width': 0.25}, fpn_channels=8).lateral[0].out_channels == 8
     assert build_model(backbone='resnet34', width=0.25, stride=8).stride == 8
     with pytest.raises(ValueError, match='unknown model config'): build_model('nope')
+
+
+def test_input_standardisation_rule(tmp_path):
+    "Random init: no standardisation (bit for bit); ImageNet weights: ImageNet's gray statistics, inside the model, saved with it."
+    from cxr_fracture.model import IMAGENET_GRAY, imagenet_stats
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 64, 64)
+    r = FractureFPN('resnet18', stride=8, fpn_channels=16).eval()
+    assert float(r.input_mean) == 0.0 and float(r.input_std) == 1.0 and 'input_mean' in r.state_dict()
+    with torch.no_grad(): torch.testing.assert_close(r(x), r.head(r_features_unnormalised(r, x)), rtol=0, atol=0)
+    tv = torchvision.models.resnet18()
+    torch.save(tv.state_dict(), tmp_path / 'r18.pth')
+    m = FractureFPN('resnet18', stride=8, fpn_channels=16, weights=tmp_path / 'r18.pth').eval()
+    assert IMAGENET_GRAY == (0.449, 0.226)
+    torch.testing.assert_close(m.input_mean.flatten(), torch.tensor([0.449])); torch.testing.assert_close(m.input_std.flatten(), torch.tensor([0.226]))
+    with torch.no_grad():   # the model standardises: same as the unstandardised path on (x - 0.449) / 0.226
+        torch.testing.assert_close(m(x), m.head(r_features_unnormalised(m, (x - 0.449) / 0.226)))
+        # ... which is what torchvision's conv1 sees for the standardised gray image in all three channels
+        torch.testing.assert_close(m.backbone.conv1((x - 0.449) / 0.226), tv.conv1(((x - 0.449) / 0.226).expand(-1, 3, -1, -1)),
+                                   atol=1e-4, rtol=1e-4)
+    mean3, std3 = imagenet_stats(3)
+    torch.testing.assert_close(mean3.flatten(), torch.tensor([0.485, 0.456, 0.406])); torch.testing.assert_close(std3.flatten(), torch.tensor([0.229, 0.224, 0.225]))
+    m3 = FractureFPN('resnet18', stride=8, fpn_channels=16, in_channels=3, weights=tmp_path / 'r18.pth')
+    torch.testing.assert_close(m3.input_mean, mean3)
+    # the statistics travel with the model: a rebuild without weights + load_state_dict (load_trained, init=) restores them
+    torch.save({'model': m.state_dict()}, tmp_path / 'model.pt')
+    back = FractureFPN('resnet18', stride=8, fpn_channels=16)
+    back.load_state_dict(torch.load(tmp_path / 'model.pt', weights_only=True)['model'])
+    torch.testing.assert_close(back.input_mean, m.input_mean); torch.testing.assert_close(back.input_std, m.input_std)
+    w = FractureFPN('resnet18', stride=8, fpn_channels=16, weights=tmp_path / 'model.pt')   # a whole-model checkpoint keeps its own
+    torch.testing.assert_close(w.input_std, m.input_std)
+    # a checkpoint from before the buffers loads as unnormalised (how it was trained)
+    old = {k: v for k, v in r.state_dict().items() if not k.startswith('input_')}
+    o = FractureFPN('resnet18', stride=8, fpn_channels=16); o.input_mean.fill_(0.5); o.load_state_dict(old)
+    assert float(o.input_mean) == 0.0 and float(o.input_std) == 1.0
+
+
+def r_features_unnormalised(net, x):
+    "FractureFPN.features without the standardisation (the reference path)."
+    import torch.nn.functional as F
+    cs = net.backbone(x)[net.first:]
+    p = net.lateral[-1](cs[-1]); ps = [net.smooth[-1](p)]
+    for i in range(len(cs) - 2, -1, -1):
+        p = net.lateral[i](cs[i]) + F.interpolate(p, size=cs[i].shape[-2:], mode='nearest'); ps.insert(0, net.smooth[i](p))
+    out = ps[0]
+    for q in ps[1:]: out = out + F.interpolate(q, size=ps[0].shape[-2:], mode='bilinear', align_corners=False)
+    return F.relu(out)

@@ -155,3 +155,37 @@ def test_cli_end_to_end(tmp_path):
     assert len(list((out/'images').glob('*.png'))) == 6
     v = subprocess.run([CLI, 'validate', str(out/'manifest.csv')], capture_output=True, text=True)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_failed_items_are_reported_and_fail_the_command(tmp_path, monkeypatch, capsys):
+    "One image failing: left out, listed in report.csv, counted in the summary, exit 1; a stale report is removed first."
+    import cxr_fracture.phantom as ph
+    from cxr_fracture.cli import main
+    out = tmp_path / 'ph'; out.mkdir()
+    (out / 'report.csv').write_text('image_id,path,reason\nold,images/old.png,stale\n')   # from an earlier run
+    real = ph.phantom_item
+    def flaky(index, *a, **k):
+        if index == 2: raise RuntimeError('drawing failed on purpose')
+        return real(index, *a, **k)
+    monkeypatch.setattr(ph, 'phantom_item', flaky)
+    args = ['phantom', '--n', '5', '--size', '64', '--seed', '1', '--out', str(out), '--quiet']
+    assert main(args) == 1
+    cap = capsys.readouterr()
+    assert 'wrote 4 of 5 images' in cap.out and '1 FAILED' in cap.out and str(out / 'report.csv') in cap.out, cap.out
+    assert '1 of 5 images failed' in cap.err and str(out / 'report.csv') in cap.err, cap.err
+    rep = pd.read_csv(out / 'report.csv')
+    assert rep.image_id.tolist() == ['phantom-1-000002'] and 'drawing failed on purpose' in rep.reason[0]
+    m = pd.read_csv(out / 'manifest.csv')
+    assert len(m) == 4 and 'phantom-1-000002' not in set(m.image_id)
+    assert validate_manifest(out / 'manifest.csv') == []
+    # every item failing: an empty (valid) manifest, no crash in the folds, exit 1
+    monkeypatch.setattr(ph, 'phantom_item', lambda *a, **k: 1 / 0)
+    assert main(args) == 1
+    cap = capsys.readouterr()
+    assert 'wrote 0 of 5 images' in cap.out and '5 FAILED' in cap.out, cap.out
+    assert len(pd.read_csv(out / 'report.csv')) == 5 and len(pd.read_csv(out / 'manifest.csv')) == 0
+    # a clean run in the same folder: the stale report is gone, exit 0
+    monkeypatch.setattr(ph, 'phantom_item', real)
+    assert main(args) == 0
+    assert not (out / 'report.csv').exists() and 'FAILED' not in capsys.readouterr().out
+    with pytest.raises(ValueError, match='at least 1'): make_phantom(0, out=tmp_path / 'zero')

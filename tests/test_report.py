@@ -10,6 +10,9 @@ REPORT = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'report.i
 CHEST = ('rib_fracture', 'clavicle_fracture')
 
 
+PIXEL_FPS, COMPONENT_FPS = (0.01, 0.05, 0.1), (0.1, 0.3, 0.5)
+
+
 def fake_run(d: Path, method, seed, t=0.4, a0=4.0, fold=0, data='phantom', classes=CHEST, skill=1.0, predictions=True):
     "A run folder as train.ipynb writes it: metrics.json and predictions.csv (scores better with `skill`)."
     d.mkdir(parents=True)
@@ -27,7 +30,10 @@ def fake_run(d: Path, method, seed, t=0.4, a0=4.0, fold=0, data='phantom', class
         results[c] = {'n_test_pos': int((y == 1).sum()), 'n_test_neg': int((y == 0).sum()),
                       'auroc': 0.6 + 0.3 * skill, 'auroc_ci': [0.5, 0.95],
                       'pixel_froc': pf, 'component_froc': cf, 'recall_at_fp_0.1': cf / 2,
-                      'pixel_froc_ci': [pf - 0.1, pf + 0.1], 'component_froc_ci': [max(cf - 0.1, 0), cf + 0.1]}
+                      'pixel_froc_ci': [pf - 0.1, pf + 0.1], 'component_froc_ci': [max(cf - 0.1, 0), cf + 0.1],
+                      # points on the FROC curves, as the template stores them (recall rises with the FP target)
+                      'pixel_recall_at': {str(f): min(1.0, pf * (0.6 + 4 * f)) for f in PIXEL_FPS},
+                      'component_recall_at': {str(f): min(1.0, cf * (0.5 + 2 * f)) for f in COMPONENT_FPS}}
     cfg = dict(data=data, method=method, t=t, a0=a0, seed=seed, fold=fold, out_dir=str(d))
     (d / 'metrics.json').write_text(json.dumps({'config': cfg, 'results': results, 'timing': {'train_seconds': 1.0},
                                                 'versions': {}, 'git_commit': None}))
@@ -85,12 +91,37 @@ def test_ablations(report):
 
 def test_figures_fracatlas_and_notes(report):
     out, nb = report
-    for f in ('roc_phantom.png', 'froc_bars_phantom.png', 'ablation_phantom.png', 'roc_fracatlas.png', 'froc_bars_fracatlas.png'):
+    for f in ('roc_phantom.png', 'froc_phantom.png', 'froc_bars_phantom.png', 'ablation_phantom.png', 'roc_fracatlas.png',
+              'froc_fracatlas.png', 'froc_bars_fracatlas.png'):
         assert (out / f).stat().st_size > 1000, f
     fa = pd.read_csv(out / 'table1_fracatlas.csv', index_col=0)
     assert list(fa.index) == ['supervised', 'aals'] and fa.loc['aals', 'fracture p vs supervised'] <= 1
     text = ''.join(o.get('text', '') for c in nb.cells for o in c.get('outputs', []))
     assert 'note: supervised (fold 0, seed 2)' in text and 'note: 6 runs at other (t, a0) settings' in text
+
+
+def test_froc_curves_one_line_per_method(tmp_path):
+    "The report's FROC curves: per class and kind a line per method (mean recall over its runs at each FP target)."
+    import matplotlib
+    matplotlib.use('Agg')
+    from cxr_fracture.experiments import collect_runs, froc_points, plot_froc_curves
+    skill = {'supervised': 0.5, 'mean_teacher': 0.7, 'aals': 1.0}
+    for m, sk in skill.items():
+        for seed in (0, 1, 2): fake_run(tmp_path / f'{m}_s{seed}', m, seed, skill=sk, predictions=False)
+    runs = collect_runs(tmp_path)
+    pts = froc_points(runs)
+    assert len(pts) == 3 * 3 * len(CHEST) * (len(PIXEL_FPS) + len(COMPONENT_FPS))
+    fig = plot_froc_curves(pts, order=['supervised', 'mean_teacher', 'aals'])
+    assert len(fig.axes) == 2 * len(CHEST)
+    for ax, (c, kind) in zip(fig.axes, [(c, k) for c in CHEST for k in ('pixel', 'component')]):
+        lines = ax.get_lines()
+        assert len(lines) == 3 and [l.get_label().split(':')[0] for l in lines] == ['supervised', 'mean_teacher', 'aals']
+        assert all(l.get_marker() == 'o' for l in lines) and len(ax.collections) == 3   # a band per method (3 runs each)
+        fps = PIXEL_FPS if kind == 'pixel' else COMPONENT_FPS
+        want = pts[(pts.method == 'aals') & (pts.cls == c) & (pts.kind == kind)].groupby('fp')['recall'].mean()
+        assert list(lines[2].get_xdata()) == list(fps) and np.allclose(lines[2].get_ydata(), want.to_numpy())
+    fig = plot_froc_curves(pts[pts['run'].str.endswith('_s0')])   # one run per method: lines, no band
+    assert [len(ax.get_lines()) for ax in fig.axes] == [3] * 4 and all(not ax.collections for ax in fig.axes)
 
 
 def test_no_runs(tmp_path):

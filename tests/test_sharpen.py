@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from cxr_fracture.sharpen import (aals, dynamic_sharpen, dynamic_params, symmetric_sharpen, sharpen, SHARPENERS,
-                                  plot_aals_curves, plot_dynamic_curves, sharpen_explorer, blob_map)
+                                  plot_aals_curves, plot_dynamic_curves, sharpen_explorer, phantom_teacher_map)
 
 X = torch.linspace(0, 1, 1001, dtype=torch.float64)
 AALS_PARAMS = [(t, a0, ym) for t in (0.2, 0.4, 0.6) for a0 in (1.0, 2.0, 4.0, 10.0) for ym in (0.0, 0.3, 0.7, 1.0)]
@@ -100,6 +100,17 @@ def test_aals_y_max_per_image_per_class():
     torch.testing.assert_close(per_class[:, 0], out[:, 0])
 
 
+@pytest.mark.parametrize('W', [2, 5])   # W = C = 2: a (C,) y_max must not broadcast over the map's width
+def test_aals_per_class_y_max_override(W):
+    torch.manual_seed(1)
+    y = torch.rand(3, 2, 4, W) * 0.8
+    ym = torch.tensor([0.2, 0.9])
+    out = aals(y, t=0.4, a0=6.0, y_max=ym)
+    for c in range(2):
+        torch.testing.assert_close(out[:, c], aals(y[:, c], t=0.4, a0=6.0, y_max=float(ym[c])))
+    torch.testing.assert_close(aals(y.numpy(), t=0.4, a0=6.0, y_max=ym.numpy()), out.numpy())
+
+
 def test_no_gradient_through_teacher():
     teacher = torch.nn.Conv2d(1, 2, 1)
     y = torch.sigmoid(teacher(torch.rand(2, 1, 4, 4)))
@@ -133,9 +144,29 @@ def test_plots():
     assert isinstance(g, Figure) and len(g.axes[0].lines) == 3
 
 
-def test_explorer_headless():
+@pytest.fixture(scope='module')
+def real_map():
+    "The demo network briefly trained on phantom box masks, and its map of a phantom image (a few seconds, one thread)."
+    return phantom_teacher_map(steps=30)
+
+
+def test_phantom_teacher_map_is_the_networks(real_map):
+    from cxr_fracture.data import box_masks
+    d = real_map
+    img, tm, net = d['image'], d['teacher_map'], d['net']
+    assert img.shape == (128, 128) and tm.shape == (16, 16) and not net.training
+    with torch.no_grad(): ref = torch.sigmoid(net(torch.from_numpy(img)[None, None]))[0, 0].numpy()
+    np.testing.assert_allclose(tm, ref, atol=1e-6)                           # sigma(net(image)), not a drawn blob
+    inside = box_masks(np.array(d['boxes']), np.zeros(len(d['boxes']), int), 1, 128, 8)[0].numpy() > 0
+    assert inside.any() and tm[inside].mean() > 2 * tm[~inside].mean()     # the training did something
+    assert 0 < tm.min() < tm.max() < 1 and len(np.unique(tm)) > 100        # a soft, non-constant map
+
+
+def test_explorer_headless(real_map):
     pytest.importorskip('ipywidgets')
-    ex = sharpen_explorer()
+    ex = sharpen_explorer(teacher_map=real_map['teacher_map'], image=real_map['image'], boxes=real_map['boxes'])
+    np.testing.assert_allclose(ex.teacher, real_map['teacher_map'])
+    assert abs(ex.sliders['y_max'].value - float(real_map['teacher_map'].max())) < 0.01   # starts at the map's maximum
     x = ex.x
     s = ex.sliders
     assert set(s) == {'a0', 't_aals', 'y_max', 't_dyn', 'a_dyn'}
@@ -150,6 +181,13 @@ def test_explorer_headless():
     assert abs(y.max() - 0.2) < 1e-6
     np.testing.assert_allclose(ex.images['teacher'].get_array(), y, atol=1e-6)
     np.testing.assert_allclose(ex.images['aals'].get_array(), aals(y, t=0.3, a0=9.0), atol=1e-6)
+    before_map = ex.images['aals'].get_array().copy()          # the whole map lies below t = 0.3: left as it is
+    np.testing.assert_allclose(before_map, y, atol=1e-6)
+    s['t_aals'].value = 0.1                                    # now its top lies above t: AALS raises it, the rest stays
+    after_map = ex.images['aals'].get_array()
+    np.testing.assert_allclose(after_map, aals(y, t=0.1, a0=9.0), atol=1e-6)
+    assert (after_map >= before_map - 1e-7).all() and (after_map - before_map).max() > 0.3
+    np.testing.assert_allclose(after_map[y <= 0.1], y[y <= 0.1], atol=1e-6)
     # the dynamic curve follows t and a
     d_before = ex.lines['dynamic'].get_ydata().copy()
     s['t_dyn'].value = 0.5; s['a_dyn'].value = 2.0
@@ -162,17 +200,10 @@ def test_explorer_headless():
 
 def test_explorer_custom_map():
     pytest.importorskip('ipywidgets')
-    m = blob_map((32, 48), [(4, 4, 12, 10), (30, 20, 40, 28)], peak=0.5)
-    assert m.shape == (32, 48) and abs(m.max() - 0.5) < 0.02 and m.min() >= 0
+    m = np.random.default_rng(0).random((8, 12)).astype(np.float32) * 0.5
     ex = sharpen_explorer(teacher_map=m, image=np.random.rand(32, 48))
-    assert ex.images['teacher'].get_array().shape == (32, 48)
+    assert ex.images['teacher'].get_array().shape == (8, 12)
+    assert ex.images['teacher_overlay'].get_extent() == [0, 48, 32, 0]     # the map stretched over the image
     ex.sliders['a0'].value = 1.0
     np.testing.assert_allclose(ex.lines['aals'].get_ydata(), ex.x, atol=1e-5)   # a0 = 1: identity
-
-
-def test_example_image_from_phantom():
-    pytest.importorskip('cxr_fracture.phantom')
-    from cxr_fracture.sharpen import _example_image
-    img, boxes = _example_image(size=128, seed=3)
-    assert img.shape == (128, 128) and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
-    assert len(boxes) >= 1 and all(0 <= b[0] < b[2] <= 128 and 0 <= b[1] < b[3] <= 128 for b in boxes)
+    with pytest.raises(ValueError, match='one \\(h, w\\) map'): sharpen_explorer(teacher_map=np.zeros((1, 8, 8)))
