@@ -1,6 +1,6 @@
 """The papermill template with the `test` preset for every method; the run and sweep commands (resume, Slurm script,
 shared data); the demo (`demo()` and its printed table); the benchmarks runner."""
-import importlib.util, json, os, subprocess, sys, time
+import importlib.util, json, math, os, subprocess, sys, time
 from pathlib import Path
 import pandas as pd
 import pytest
@@ -22,6 +22,17 @@ def log_lines(d: Path) -> list:
 def untimed(line: str) -> dict:
     "A log line without its wall-clock fields."
     return {k: v for k, v in json.loads(line).items() if k not in ('time_s', 'images_per_s')}
+
+
+def same_epoch(a: str, b: str) -> bool:
+    """Two log lines of the same epoch: equal but for wall-clock fields; losses may differ in the last float bits
+    (one was trained in the papermill kernel, the other in this process); NaN equals NaN."""
+    a, b = untimed(a), untimed(b)
+    close = lambda x, y: (x == y or (isinstance(x, float) and isinstance(y, float)
+                                      and (math.isclose(x, y, rel_tol=1e-5) or (math.isnan(x) and math.isnan(y)))))
+    return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+
+
 RESULT_KEYS = {'auroc', 'auroc_ci', 'pixel_froc', 'component_froc', 'recall_at_fp_0.1'}
 
 
@@ -120,7 +131,7 @@ def test_run_command_and_resume(tmp_path, phantom_root, monkeypatch):
     with pytest.raises(Killed): tr.train(cfg)
     monkeypatch.undo()
     killed = log_lines(out)
-    assert len(killed) == 1 and untimed(killed[0]) == untimed(done[0]) and (out / 'checkpoints' / 'last.pt').exists()
+    assert len(killed) == 1 and same_epoch(killed[0], done[0]) and (out / 'checkpoints' / 'last.pt').exists()
     stage1, ck_time = (out / 'stage1' / 'model.pt').stat().st_mtime_ns, (out / 'checkpoints' / 'last.pt').stat().st_mtime
     r = subprocess.run(args + ['--resume'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
