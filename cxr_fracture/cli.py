@@ -31,9 +31,10 @@ def build_parser(only:str|None=None, # register only this subcommand's module (N
     mods = dict.fromkeys(m for c,(m,_) in COMMANDS.items() if only is None or c == only)
     for m in mods:
         try: mod = importlib.import_module(f'cxr_fracture.{m}')
-        except ModuleNotFoundError as e:
-            if e.name != f'cxr_fracture.{m}': raise
-            continue  # a module not built yet: its subcommands are not offered
+        except ImportError as e:   # a missing dependency or a bug: say which command it breaks, keep the traceback
+            cmds = ', '.join(c for c,(o,_) in COMMANDS.items() if o == m)
+            raise ImportError(f'cxr-fracture: cannot import cxr_fracture.{m}, which runs {cmds}: '
+                              f'{type(e).__name__}: {e} (the traceback above shows where)') from e
         mod.add_cli(sub)
     return p
 
@@ -50,7 +51,6 @@ def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         return 0 if first is None and ('-h' in argv or '--help' in argv or not argv) else 2
     args = build_parser(first).parse_args(argv)
     if not hasattr(args, 'func'):
-        print(f"cxr-fracture: the command '{first}' is not available in this installation", file=sys.stderr)
-        return 2
+        raise RuntimeError(f"cxr_fracture.{COMMANDS[first][0]}.add_cli registered no handler for '{first}'")
     rc = args.func(args)
     return int(rc or 0)

@@ -193,6 +193,7 @@ class FractureDataset(torch.utils.data.Dataset):
                  split:str|tuple|None='train', # keep rows whose `split` is this (or one of these); None: all rows
                  augment:Augment|None=None, # per-item augmentation (None: none; the trainer may augment batches)
                  seed:int=0, # seed of the per-item augmentation
+                 box_roles:tuple|None=None, # roles whose boxes are read (None: all); training passes ('R', 'N'): a P box is evaluation truth only
                 ):
         from cxr_fracture import io as xio
         from cxr_fracture.manifest import read_manifest
@@ -239,11 +240,13 @@ class FractureDataset(torch.utils.data.Dataset):
         self.roles = role_codes(df['role'].tolist())
         self.labels = np.stack([pd.to_numeric(df[c], errors='coerce').astype('float64').to_numpy()
                                 for c in self.classes], 1).astype(np.float32).reshape(len(df), len(self.classes))
+        self.box_roles = None if box_roles is None else tuple(box_roles)
         self._boxes = [self._parse(i) for i in range(len(df))]
 
     def _parse(self, i):
         from cxr_fracture.manifest import parse_boxes
         cell = self.df['boxes'].iat[i] if 'boxes' in self.df.columns else None
+        if self.box_roles is not None and ROLES[int(self.roles[i])] not in self.box_roles: cell = None  # hidden from training
         try: bs = parse_boxes(cell)
         except ValueError as e: raise ValueError(f'manifest row {i} (image {self.image_ids[i]}): {e}') from None
         ci = {c: k for k, c in enumerate(self.classes)}

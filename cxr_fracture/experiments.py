@@ -62,8 +62,12 @@ def load_preset(preset:str|Path, # a preset name in presets/ (`test`, `demo`, `f
 def parse_value(s:str):
     "A command-line override's value typed as YAML reads it (`0.4` a float, `aals` a string, `[1,2]` a list)."
     import yaml
-    try: return yaml.safe_load(s)
+    try: v = yaml.safe_load(s)
     except Exception: return s
+    if isinstance(v, str):   # YAML 1.1 reads '2e-05' (no dot) as a string: a number is a number
+        try: return float(v) if any(c in v.lower() for c in '.e') else int(v)
+        except ValueError: pass
+    return v
 
 def resolve_params(preset:str|Path='test', # preset name or YAML path
                    overrides:dict|None=None, # parameter: value, applied over the preset
@@ -76,7 +80,7 @@ def resolve_params(preset:str|Path='test', # preset name or YAML path
     if bad: raise ValueError(f"unknown parameter(s) {', '.join(bad)}; the template's parameters are: {', '.join(known)}")
     return {k: _abspath(v) if k in PATH_PARAMS else v for k, v in params.items()}
 
-PATH_PARAMS = ('data', 'data_root', 'cache', 'init', 'weights')  # parameters holding paths
+PATH_PARAMS = ('data', 'root', 'cache', 'init', 'weights', 'stage1_dir')  # parameters holding paths
 KEYWORDS = ('', 'phantom', 'imagenet')                           # values of those that are not paths
 
 def _abspath(v):
@@ -92,7 +96,7 @@ class RunFailed(RuntimeError):
 
 def run_experiment(preset:str|Path='test', # preset name or YAML path
                    overrides:dict|None=None, # parameter: value over the preset
-                   out:str|Path|None=None, # run folder (default: the preset's `out_dir`)
+                   out:str|Path|None=None, # run folder (default: the preset's `out`)
                    resume:bool=False, # continue from OUT/checkpoints
                    log_output:bool=False, # stream the notebook's output to this terminal
                    progress_bar:bool=False, # papermill's per-cell progress bar
@@ -100,9 +104,9 @@ def run_experiment(preset:str|Path='test', # preset name or YAML path
     "Run `train.ipynb` with a preset and overrides through papermill; returns its metrics.json."
     import papermill as pm
     params = resolve_params(preset, overrides)
-    out = Path(out or params.get('out_dir') or f'runs/{Path(str(preset)).stem}').resolve()
+    out = Path(out or params.get('out') or f'runs/{Path(str(preset)).stem}').resolve()
     out.mkdir(parents=True, exist_ok=True)
-    params.update(out_dir=str(out), resume=bool(resume))
+    params.update(out=str(out), resume=bool(resume))
     nb_out = out/'train.ipynb'
     try:
         pm.execute_notebook(str(experiments_dir()/'train.ipynb'), str(nb_out), parameters=params,
@@ -212,53 +216,32 @@ def slurm_script(grid_path:str|Path, # the grid YAML
             + f'cd {shlex.quote(str(Path.cwd()))}\n'
             + f'{cmd} "$SLURM_ARRAY_TASK_ID"\n')
 
-def prepare_data(params:dict, # a run's parameters as `resolve_params` gives them, with `out_dir`
+def prepare_data(params:dict, # a run's parameters as `resolve_params` gives them, with `out`
                 ) -> dict:
     "Draw the run's phantom and build its image cache, as its `train.load_data` would; returns root, cache, images, classes."
     from cxr_fracture.train import TrainConfig, load_data
-    p = {**{k: v['default'] for k, v in template_parameters().items()}, **params}
-    out = Path(p['out_dir']).resolve()
-    root = p['data_root'] or (str(out/'phantom') if p['data'] == 'phantom' else None)
-    cfg = TrainConfig.from_dict(dict(   # the template's mapping of the parameters that choose the data
-        data=p['data'], root=root, cache=p['cache'] or None,
-        classes=[c.strip() for c in p['classes'].split(',')] if p['classes'] else None,
-        phantom_n=p['phantom_n'], phantom_size=p['phantom_size'], phantom_seed=p['phantom_seed'],
-        phantom_positive_rate=p['phantom_positive_rate'], phantom_r_fraction=p['phantom_r_fraction'],
-        phantom_options=p['phantom_options'] or None, model=p['model'], size=p['image_size'],
-        stride=p['stride'] or None, seed=p['seed'], fold=p['fold'], device='cpu', out=str(out)))
+    cfg = TrainConfig.from_params({**params, 'device': 'cpu', 'out': str(Path(params['out']).resolve())})
     df, classes, cache = load_data(cfg)
+    root = str(Path(cfg.root or Path(cfg.out)/'phantom').resolve()) if cfg.data == 'phantom' else cfg.root
     return dict(root=root, cache=str(cache), n_images=len(df), classes=list(classes))
 
-DATA_PARAMS = ('data', 'data_root', 'cache', 'classes', 'image_size', 'phantom_n', 'phantom_size', 'phantom_seed',
+DATA_PARAMS = ('data', 'root', 'cache', 'classes', 'size', 'split_scheme', 'holdout_test', 'phantom_n', 'phantom_size', 'phantom_seed',
                'phantom_positive_rate', 'phantom_r_fraction', 'phantom_options')  # the parameters that choose a run's data
 
 def _shared_data(params:dict) -> str|None:
-    "The folder of the data a run would draw or build outside its own out_dir (None: nothing shared)."
+    "The folder of the data a run would draw or build outside its own out (None: nothing shared)."
     p = {**{k: v['default'] for k, v in template_parameters().items()}, **params}
-    if p['data'] == 'phantom' and p['data_root']: return str(Path(p['data_root']).resolve())
+    if p['data'] == 'phantom' and p['root']: return str(Path(p['root']).resolve())
     if p['cache']: return str(Path(p['cache']).resolve())
     return None
 
-class _FileLock:
-    "An exclusive lock on PATH (fcntl; a no-op where there is none), held while in the `with` block."
-    def __init__(self, path): self.path = Path(path)
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, 'a')
-        try: import fcntl; fcntl.flock(self.f, fcntl.LOCK_EX)
-        except ImportError: pass
-        return self
-    def __exit__(self, *a):
-        try: import fcntl; fcntl.flock(self.f, fcntl.LOCK_UN)
-        except ImportError: pass
-        self.f.close()
-
 def _prepare_shared(runs:list) -> dict:
     "Prepare each data set that several runs share, once, under a lock; returns run name -> error for runs that cannot start."
+    from cxr_fracture.train import FileLock
     groups, errors = {}, {}
     for r in runs:
         try:
-            params = {**resolve_params(r['preset'], r['overrides']), 'out_dir': str(Path(r['out']).resolve())}
+            params = {**resolve_params(r['preset'], r['overrides']), 'out': str(Path(r['out']).resolve())}
             where = _shared_data(params)
         except Exception as e: errors[r['name']] = str(e); continue
         if where is None: continue
@@ -269,7 +252,7 @@ def _prepare_shared(runs:list) -> dict:
     for (where, _), (params, names) in groups.items():
         print(f'sweep: preparing the shared data {where} ({len(names)} run(s))', flush=True)
         try:
-            with _FileLock(where + '.lock'): prepare_data(params)
+            with FileLock(where + '.lock'): prepare_data(params)
         except Exception as e:
             errors.update(dict.fromkeys(names, f'preparing the shared data {where} failed: {e}'))
             print(f'sweep: preparing {where} failed: {e}', file=sys.stderr)
@@ -431,33 +414,31 @@ DEMO_METHODS = ('supervised', 'mean_teacher', 'aals', 'dynamic')
 
 def demo(out:str|Path='demo_out', # folder for the phantom, the runs and the table
          preset:str='demo', # the preset of every run
-         methods=DEMO_METHODS, # the first must be 'supervised': its stage-1 model starts the others
+         methods=DEMO_METHODS, # the arms; each starts from the stage-1 model of its settings (trained once, in OUT/stage1)
          overrides:dict|None=None, # parameter: value over the preset, for every run
          reuse:bool=False, # keep runs that already have a metrics.json
          log_output:bool=False, # stream each run's output
         ) -> pd.DataFrame:
-    "The main job: one stage-1 model, then each method's stage 2 from it; returns (and writes) the comparison table."
+    "The main job: the phantom, one stage-1 model per stage-1 setting, each method's stage 2 from it; returns (and writes) the table."
     out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
-    if methods[0] != 'supervised': raise ValueError("demo: the first method must be 'supervised' (it trains stage 1)")
-    base = {'data_root': str(out/'phantom'), **(overrides or {})}  # one phantom for every arm (or the given data)
+    base = {'root': str(out/'phantom'), **(overrides or {})}  # one phantom for every arm (or the given data)
     t0, secs = time.time(), {}
-    params = {**resolve_params(preset, {**base, 'method': methods[0]}), 'out_dir': str(out/methods[0])}
+    params = {**resolve_params(preset, {**base, 'method': methods[0]}), 'out': str(out/methods[0])}
     if not (reuse and all((out/m/'metrics.json').exists() for m in methods)):
         print('demo: drawing the phantom / building the image cache ...', flush=True)
         prepare_data(params)   # before any training: the gallery exists even if a run fails
-        if params.get('data', 'phantom') == 'phantom': _gallery(out, params['data_root'])
+        if params.get('data', 'phantom') == 'phantom': _gallery(out, params['root'])
     for m in methods:
         run_out = out/m
         if reuse and (run_out/'metrics.json').exists():
             print(f'demo: {m}: reusing {run_out}/metrics.json'); continue
         ov = {**base, 'method': m}
-        if m != 'supervised': ov['init'] = str(out/'supervised'/'stage1'/'model.pt')
         print(f'demo: training {m} ...', flush=True); t1 = time.time()
         run_experiment(preset, ov, out=run_out, log_output=log_output)
         secs[m] = time.time() - t1
         print(f'demo: {m} done in {secs[m]:.0f} s', flush=True)
-    if (Path(params['data_root'])/'manifest.csv').exists() and not (out/'phantom_gallery.png').exists():
-        _gallery(out, params['data_root'])
+    if params.get('data', 'phantom') == 'phantom' and (Path(params['root'])/'manifest.csv').exists() and not (out/'phantom_gallery.png').exists():
+        _gallery(out, params['root'])
     runs = collect_runs(out)
     runs = runs[runs['method'].isin(methods)]
     tab = comparison_table(runs, order=list(methods))
@@ -530,7 +511,7 @@ def add_cli(sub): # the subparsers of the `cxr-fracture` parser
                                    'writes the executed notebook, model.pt, checkpoints/, figures and metrics.json into --out.')
     p.add_argument('preset', help="preset name (test, demo, fracatlas, paper) or a YAML file of parameters")
     p.add_argument('-p', '--param', nargs=2, action='append', metavar=('NAME', 'VALUE'), help='override a parameter (repeatable)')
-    p.add_argument('--out', help="run folder (default: the preset's out_dir)")
+    p.add_argument('--out', help="run folder (default: the preset's out)")
     p.add_argument('--resume', action='store_true', help='continue from --out/checkpoints/last.pt when it exists')
     p.add_argument('--quiet', action='store_true', help="do not stream the notebook's output")
     p.set_defaults(func=_run_cli)

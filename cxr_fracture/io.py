@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['data_root', 'shared_data_dir', 'UnreadableImage', 'read_xray', 'pad_to_square', 'resize', 'letterbox',
-           'transform_boxes', 'untransform_boxes', 'build_cache', 'XrayCache', 'open_cache', 'add_cli']
+           'transform_boxes', 'untransform_boxes', 'progress_bar', 'build_cache', 'XrayCache', 'open_cache', 'add_cli']
 
 # %% ../nbs/00_io.ipynb #da8ac43e
 import os, json, hashlib, sys, time, zlib, warnings
@@ -312,7 +312,7 @@ def _cache_one(task):
     return row, None, rec
 
 # %% ../nbs/00_io.ipynb #88ea1eb2
-def _load_manifest(manifest)->pd.DataFrame:
+def _read_image_table(manifest)->pd.DataFrame:
     "The manifest as a DataFrame with str image_id/path; ValueError naming what is wrong."
     if isinstance(manifest, pd.DataFrame): df, name = manifest.copy(), 'the manifest DataFrame'
     else:
@@ -387,14 +387,22 @@ def _run_pool(fn, tasks:list, nw:int):
                 ex = ProcessPoolExecutor(nw, mp_context=ctx)
     finally: ex.shutdown(wait=False, cancel_futures=True)
 
-# %% ../nbs/00_io.ipynb #770fa7d1
-def _progress_bar(total, initial=0, enabled=True, desc='preprocess', unit='img', iterable=None, **kw):
-    "A tqdm bar (over `iterable`, if given), or None when not `enabled` or tqdm is not installed: tqdm is optional."
+# %% ../nbs/00_io.ipynb #9d4a71b5
+def progress_bar(total:int|None,       # steps the bar counts to (None: unknown)
+                 initial:int=0,         # steps already done (a resumed job)
+                 enabled:bool=True,     # False: no bar
+                 desc:str='preprocess', # label in front of the bar
+                 unit:str='img',        # what one step is
+                 iterable=None,         # an iterable to wrap (None: call the bar's `update` yourself)
+                 **kw,                  # passed on to tqdm (leave, dynamic_ncols, ...)
+                ):                      # a tqdm bar, or None
+    "A tqdm progress bar, or None when not `enabled` or tqdm (optional) is not installed."
     if not enabled: return None
     try: from tqdm.auto import tqdm
     except ImportError: return None
     return tqdm(iterable, total=total, initial=initial, unit=unit, desc=desc, **kw)
 
+# %% ../nbs/00_io.ipynb #770fa7d1
 def build_cache(manifest:str|os.PathLike|pd.DataFrame, # manifest CSV (or DataFrame) with image_id, path
                 root:str|os.PathLike|None, # data root the paths are relative to (None: env CXR_FRACTURE_DATA)
                 out:str|os.PathLike, # output folder (created; an unfinished one is resumed)
@@ -410,7 +418,7 @@ def build_cache(manifest:str|os.PathLike|pd.DataFrame, # manifest CSV (or DataFr
     if dtype not in _DTYPES: raise ValueError(f"dtype must be 'uint8' or 'uint16', not {dtype!r}")
     if int(size) < 1: raise ValueError(f'size must be positive, not {size}')
     size, np_dtype, img_name = int(size), *_DTYPES[dtype]
-    df = _load_manifest(manifest)
+    df = _read_image_table(manifest)
     rootp = data_root(root)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     n = len(df)
@@ -442,7 +450,7 @@ def build_cache(manifest:str|os.PathLike|pd.DataFrame, # manifest CSV (or DataFr
     tasks = [(r, _abs(df.at[r, 'path']), size, np_dtype, voi) for r in todo]
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     nw = max(1, min(int(workers or ncpu), len(tasks) or 1))
-    bar = _progress_bar(n, done_before, progress and len(tasks) > 0)
+    bar = progress_bar(n, done_before, progress and len(tasks) > 0)
     logf = open(pfn, 'ab')
     last_sync, results = time.time(), iter(())
     def _sync():   # pixels and log to disk, then a mark: rows logged before it need no CRC check on resume

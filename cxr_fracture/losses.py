@@ -4,11 +4,12 @@
 
 # %% ../nbs/07_losses.ipynb #2fd32bed
 from __future__ import annotations
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['pixel_bce', 'class_weights', 'weighted_bce', 'bernoulli_kl', 'soft_focal_loss']
+__all__ = ['pixel_bce', 'sample_class_weights', 'weighted_bce', 'bernoulli_kl', 'soft_focal_loss']
 
 # %% ../nbs/07_losses.ipynb #55b7ffe8
 def _reduce(loss:torch.Tensor, reduction:str)->torch.Tensor:
@@ -39,18 +40,19 @@ def pixel_bce(logits:torch.Tensor,          # (B, C, H, W) logits
     return _reduce(loss, reduction)
 
 # %% ../nbs/07_losses.ipynb #bc39e7dc
-def class_weights(labels,          # (N, C) image labels (1 positive; 0, -1 or NaN otherwise) or (C,) positive counts
-                  min_count:float=1.0, # a class with fewer positives counts as this many (no division by 0)
-                 )->torch.Tensor:      # (C,) alpha_l, mean 1
-    "Per-class weights alpha_l by inverse frequency of positives, normalised to mean 1."
-    x = torch.as_tensor(labels, dtype=torch.float64)
-    n = x if x.ndim == 1 else (x == 1).sum(0).double()
-    w = 1.0 / n.clamp(min=min_count)
-    return (w / w.mean()).float()
+def sample_class_weights(labels, # (N,C) image labels of the supervised training images (1, 0; -1/NaN ignored)
+                         has_mask=None, # (N,C) bool: the (image, class) pair is supervised (None: all)
+                        )->torch.Tensor: # (2,C): row 0 the weight of a positive image, row 1 of a negative one
+    "alpha_l by inverse sample class frequency (dynamic sharpening): n/(2 n_pos) and n/(2 n_neg) per class."
+    L = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    M = torch.ones_like(L, dtype=torch.bool) if has_mask is None else torch.as_tensor(np.asarray(has_mask)).bool()
+    pos, neg = ((L == 1) & M).sum(0).double(), ((L == 0) & M).sum(0).double()
+    n = pos + neg
+    return torch.stack([n / (2 * pos.clamp(min=1)), n / (2 * neg.clamp(min=1))]).float()
 
 def weighted_bce(logits:torch.Tensor,  # (B, C, H, W) logits
                  target:torch.Tensor,  # (B, C, H, W) box masks or soft targets in [0, 1]
-                 alpha_l=None,         # (C,) per-class weights (see `class_weights`); None: all 1
+                 alpha_l=None,         # (C,) per class, or broadcastable e.g. (B,C,1,1) per image (see `sample_class_weights`); None: all 1
                  alpha_r:float=10.0,   # weight of positive-region pixels (target 1)
                  reduction:str='mean', # 'mean', 'image', 'sum' or 'none'
                 )->torch.Tensor:

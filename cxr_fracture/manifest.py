@@ -593,8 +593,8 @@ def build_fracatlas(root,                    # the FracAtlas root (holds dataset
     extras = [c for c in tab.columns if c not in ('image_id', 'fractured')]
     rows = []
     todo = tab.to_dict('records')
-    from cxr_fracture.io import _progress_bar
-    todo = _progress_bar(len(todo), 0, progress, desc='FracAtlas', unit='img', iterable=todo) or todo
+    from cxr_fracture.io import progress_bar
+    todo = progress_bar(len(todo), 0, progress, desc='FracAtlas', unit='img', iterable=todo) or todo
     for r in todo:
         name = r['image_id']
         if name not in found: rep['missing'].append(name); continue
@@ -703,8 +703,8 @@ def build_dicom_folder(root,                   # folder to scan recursively
                    and not any(part.startswith('.') for part in (Path(d) / f).relative_to(root).parts))
     rep = dict(files=len(files), dicom=0, not_dicom=[], unreadable=[], no_patient_id=[], identifier_in_path=[], duplicate_sop=[])
     rows, seen = [], {}
-    from cxr_fracture.io import _progress_bar
-    it = _progress_bar(len(files), 0, progress, desc='DICOM headers', unit='file', iterable=files) or files
+    from cxr_fracture.io import progress_bar
+    it = progress_bar(len(files), 0, progress, desc='DICOM headers', unit='file', iterable=files) or files
     for p in it:
         rel = p.relative_to(root).as_posix()
         ds, why = _is_dicom(p)

@@ -8,7 +8,7 @@ __all__ = ['CLASSES', 'VALUES', 'FRACTURE_RE', 'ANATOMY_RE', 'ANATOMY_CLASS', 'O
            'DEVICE_RE', 'ACUTE_RE', 'TERM_RE', 'UNC_TERM_RE', 'CLAUSE_RE', 'WORD_RE', 'FIELD_RE', 'SIDE_RE', 'SITE_RE',
            'RIBNUM_RE', 'SECTION_RE', 'SKIP_SECTIONS', 'NEG_WINDOW', 'POST_WINDOW', 'HIST_WINDOW', 'OPENI_MESH',
            'split_sections', 'split_sentences', 'Mention', 'find_mentions', 'Policy', 'parse_codes', 'mine_record',
-           'mine_labels', 'label_columns', 'read_records', 'summarize', 'load_openi', 'evaluate_labels',
+           'mine_labels', 'labels_csv_columns', 'read_records', 'summarize', 'load_openi', 'evaluate_labels',
            'baseline_labels', 'add_cli']
 
 # %% ../nbs/01_mining.ipynb #9719167d
@@ -608,7 +608,7 @@ def _label_frame_columns(id_col) -> list:
         cols += [f'{c}_code', f'{c}_text']
     return cols + ['warnings']
 
-def label_columns(df:pd.DataFrame) -> list:
+def labels_csv_columns(df:pd.DataFrame) -> list:
     "The columns `mine_labels` writes to LABELS.csv (the internal code/text split is dropped)."
     return [c for c in df.columns if not c.endswith(('_code', '_text'))]
 
@@ -761,7 +761,7 @@ def _mine_labels_cli(args) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    labels[label_columns(labels)].to_csv(out, index=False)
+    labels[labels_csv_columns(labels)].to_csv(out, index=False)
     for w in warns: print(f'warning: {w}', file=sys.stderr)
     if len(labels) == 0: print(f'{args.records}: the table has a header but no records')
     print(summarize(labels))

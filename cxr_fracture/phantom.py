@@ -412,7 +412,7 @@ def render_chest(rng:np.random.Generator, # random generator: everything random 
 # %% ../nbs/03_phantom.ipynb #ae220fce
 BOX_COLORS = {'rib_fracture': '#ff3b30', 'clavicle_fracture': '#30c8ff', 'fracture': '#ffcc00'}
 
-def _load_manifest(root_or_manifest, root=None):
+def _manifest_and_root(root_or_manifest, root=None):
     "(manifest frame, data root) from a folder holding manifest.csv, a manifest CSV, or a frame plus root."
     if isinstance(root_or_manifest, pd.DataFrame):
         if root is None: raise ValueError('gallery: a manifest frame needs `root=` (the folder its paths are relative to)')
@@ -440,7 +440,7 @@ def gallery(root_or_manifest,   # a phantom folder, a manifest CSV, or a manifes
     import matplotlib.pyplot as plt
     from cxr_fracture.io import read_xray
     from cxr_fracture.manifest import parse_boxes
-    df, root = _load_manifest(root_or_manifest, root)
+    df, root = _manifest_and_root(root_or_manifest, root)
     if positives_first and 'role' in df:
         pos = df['role'].isin(['R', 'P'])
         df = pd.concat([df[pos].head((n + 1)//2), df[~pos], df[pos].iloc[(n + 1)//2:]]).head(n)
@@ -634,7 +634,7 @@ def make_phantom(n:int,                          # number of images
                 ) -> pd.DataFrame:
     "Write a phantom data set (images + `manifest.csv` per the manifest schema) and return the manifest."
     from cxr_fracture.manifest import assign_folds, with_split, write_manifest
-    from cxr_fracture.io import _progress_bar
+    from cxr_fracture.io import progress_bar
     if int(n) < 1: raise ValueError(f'n must be at least 1 (the number of images to write), not {n}')
     out = Path(out); (out/'images').mkdir(parents=True, exist_ok=True)
     rep = out/'report.csv'
@@ -646,7 +646,7 @@ def make_phantom(n:int,                          # number of images
         from concurrent.futures import ProcessPoolExecutor
         ex = ProcessPoolExecutor(workers); it = ex.map(_one, jobs, chunksize=max(1, min(16, n//(4*workers) or 1)))
     else: ex, it = None, map(_one, jobs)
-    it = _progress_bar(n, 0, progress, desc='phantom', iterable=it) or it
+    it = progress_bar(n, 0, progress, desc='phantom', iterable=it) or it
     rows, errs = [], []
     try:
         for row, err in it:

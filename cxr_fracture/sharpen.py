@@ -9,7 +9,7 @@ import torch
 
 # %% auto #0
 __all__ = ['SHARPENERS', 'aals', 'dynamic_sharpen', 'dynamic_params', 'symmetric_sharpen', 'sharpen', 'plot_aals_curves',
-           'plot_dynamic_curves', 'phantom_teacher_map', 'SharpenExplorer', 'sharpen_explorer']
+           'plot_dynamic_curves', 'stand_in_teacher_map', 'SharpenExplorer', 'sharpen_explorer']
 
 # %% ../nbs/06_sharpen.ipynb #5ca59fe4
 def _to_torch(y):
@@ -151,45 +151,34 @@ def plot_dynamic_curves(medians=(0.2, 0.4, 0.5, 0.6, 0.8), # epoch medians m of 
     return fig
 
 # %% ../nbs/06_sharpen.ipynb #5113e93f
-def phantom_teacher_map(size:int=128,    # image side (px); a multiple of 32
-                        n_images:int=8,  # phantom radiographs drawn (3 rib fractures each)
-                        steps:int=30,    # Adam steps (batch 4, lr 3e-3) on their box masks
-                        seed:int=0,      # seeds the phantom and the network
-                        threads:int|None=1, # torch threads while training (None: leave as is)
-                       )->dict:          # net (eval mode), image (S, S), boxes [(x1, y1, x2, y2)], teacher_map (S/8, S/8)
-    "A real teacher map in seconds: the `demo` network briefly trained on phantom box masks, and its map of the first image."
+def stand_in_teacher_map(size:int=128,      # image side (px); a multiple of `stride`
+                         stride:int=8,      # map cell side (px): the demo network's output stride
+                         peak:float=0.1,    # the map's maximum
+                         floor:float=0.013, # the background level
+                         n_false:int=2,     # false responses away from the fractures
+                         seed:int=0,        # seeds the phantom, the responses and the noise
+                        )->dict:            # image (S, S), boxes [(x1, y1, x2, y2)], teacher_map (S/stride, S/stride)
+    "A stand-in for an early teacher's map (no network): weak, blurry responses painted around a phantom's fracture boxes."
     from cxr_fracture.phantom import render_chest
-    from cxr_fracture.model import build_model
-    from cxr_fracture.data import box_masks
-    from cxr_fracture.losses import pixel_bce
     rng = np.random.default_rng(seed)
-    imgs, boxes = [], []
-    for _ in range(n_images):
-        img, ann = render_chest(rng, size=size, n_fractures=3, clavicle_prob=0.0)
-        imgs.append(np.asarray(img, np.float32))
-        boxes.append(np.array([[b['x1'], b['y1'], b['x2'], b['y2']] for b in ann['boxes']], np.float64).reshape(-1, 4))
-    x = torch.from_numpy(np.stack(imgs))[:, None]
-    old = torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_model('demo', classes=('rib_fracture',))
-            m = torch.stack([box_masks(b, np.zeros(len(b), np.int64), 1, size, net.stride) for b in boxes])
-            opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-            for _ in range(steps):
-                i = torch.randint(0, n_images, (min(4, n_images),))
-                loss = pixel_bce(net(x[i]), m[i], weight=1 + 19 * m[i])
-                opt.zero_grad(); loss.backward(); opt.step()
-            net.eval()
-            with torch.no_grad(): tm = torch.sigmoid(net(x[:1]))[0, 0].numpy()
-    finally: torch.set_num_threads(old)
-    return dict(net=net, image=imgs[0], boxes=[tuple(map(float, b)) for b in boxes[0]], teacher_map=tm)
+    img, ann = render_chest(rng, size=size, n_fractures=3, clavicle_prob=0.0)
+    boxes = [(float(b['x1']), float(b['y1']), float(b['x2']), float(b['y2'])) for b in ann['boxes']]
+    c = (np.arange(size // stride) + 0.5) * stride                   # cell centres, in image pixels
+    yy, xx = np.meshgrid(c, c, indexing='ij')
+    def bump(cx, cy, sx, sy): return np.exp(-0.5 * (((xx - cx) / sx)**2 + ((yy - cy) / sy)**2))
+    resp = np.zeros_like(xx)
+    for x1, y1, x2, y2 in boxes:                                     # a true response per fracture, of varying strength
+        resp += rng.uniform(0.5, 1.0) * bump((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, stride), max(y2 - y1, stride))
+    for _ in range(n_false):                                         # false responses anywhere
+        resp += rng.uniform(0.3, 0.7) * bump(*rng.uniform(0, size, 2), stride, stride)
+    logit = np.log(floor / (1 - floor)) + np.log(peak / floor) * np.clip(resp, 0, 1) + rng.normal(0, 0.3, xx.shape)
+    tm = 1 / (1 + np.exp(-logit))
+    return dict(image=np.asarray(img, np.float32), boxes=boxes, teacher_map=(tm * (peak / tm.max())).astype(np.float32))
 
 class SharpenExplorer:
     "Sliders for AALS and dynamic sharpening, redrawing the curves and the sharpened teacher map."
     def __init__(self,
-                 teacher_map=None, # (h, w) teacher probability map (None: `phantom_teacher_map()`'s)
+                 teacher_map=None, # (h, w) teacher probability map (None: `stand_in_teacher_map()`'s)
                  image=None,       # (H, W) image under the map (optional; the map is stretched over it)
                  boxes=None,       # fracture boxes (x1, y1, x2, y2) in image pixels, outlined on the image
                 ):
@@ -197,7 +186,7 @@ class SharpenExplorer:
         from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
         if teacher_map is None:
-            d = phantom_teacher_map()
+            d = stand_in_teacher_map()
             teacher_map, image, boxes = d['teacher_map'], d['image'] if image is None else image, d['boxes'] if boxes is None else boxes
         self.teacher = np.asarray(teacher_map, np.float32)
         if self.teacher.ndim != 2: raise ValueError(f'teacher_map must be one (h, w) map, got shape {self.teacher.shape}')
@@ -264,7 +253,7 @@ class SharpenExplorer:
         from IPython.display import display
         display(self.widget)
 
-def sharpen_explorer(teacher_map=None, # (h, w) teacher probability map (None: `phantom_teacher_map()`'s, a few seconds)
+def sharpen_explorer(teacher_map=None, # (h, w) teacher probability map (None: `stand_in_teacher_map()`'s)
                      image=None,       # (H, W) image under the map (optional)
                      boxes=None,       # fracture boxes (x1, y1, x2, y2) in image pixels, outlined on the image
                     )->SharpenExplorer:

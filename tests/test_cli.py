@@ -52,3 +52,12 @@ def test_phantom_n_below_one_is_rejected(tmp_path):
         r = subprocess.run([CLI, 'phantom', '--n', n, '--out', str(tmp_path / 'ph'), '--quiet'], capture_output=True, text=True)
         assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
         assert r.stderr.startswith('cxr-fracture phantom: --n must be at least 1') and f'not {n}' in r.stderr, r.stderr
+
+
+def test_a_module_that_does_not_import_is_a_loud_error():
+    "A subcommand's module that fails to import is an error naming it, with the traceback, never a hidden subcommand."
+    code = "import sys; sys.modules['pandas'] = None\nfrom cxr_fracture.cli import main\nmain(['mine-labels', '--help'])"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 1 and 'Traceback' in r.stderr and r.stdout == '', (r.returncode, r.stdout, r.stderr)
+    assert 'cannot import cxr_fracture.mining, which runs mine-labels: ModuleNotFoundError' in r.stderr, r.stderr
+    assert 'pandas' in r.stderr, r.stderr

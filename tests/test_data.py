@@ -306,7 +306,7 @@ def test_show_batch_returns_a_figure(tiny):
 
 
 def test_dataset_on_a_tiny_phantom(tmp_path):
-    phantom = pytest.importorskip('cxr_fracture.phantom', reason='cxr_fracture.phantom (nbs/03) is not built yet')
+    from cxr_fracture import phantom
     from cxr_fracture.io import build_cache, transform_boxes
     from cxr_fracture.manifest import boxes_array
     df = phantom.make_phantom(12, size=128, seed=0, out=tmp_path, positive_rate=0.5, r_fraction=0.5)

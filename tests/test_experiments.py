@@ -9,7 +9,7 @@ import yaml
 import cxr_fracture.experiments as ex
 from cxr_fracture.experiments import (run_experiment, expand_grid, sweep, collect_runs, comparison_table, resolve_params,
                                       template_parameters, experiments_dir, RunFailed, demo, slurm_script)
-from cxr_fracture.train import METHODS
+from cxr_fracture.train import METHODS, TrainConfig, TEMPLATE_ONLY
 
 CLI = str(Path(sys.executable).parent / 'cxr-fracture')
 REPO = Path(__file__).resolve().parents[1]
@@ -47,18 +47,18 @@ def method_runs(tmp_path_factory, phantom_root):
     root = tmp_path_factory.mktemp('runs')
     out = {}
     for m in METHODS:
-        out[m] = run_experiment('test', {'method': m, 'data_root': str(phantom_root)}, out=root / m)
+        out[m] = run_experiment('test', {'method': m, 'root': str(phantom_root)}, out=root / m)
     return root, out
 
 
 def test_every_method_runs_the_template(method_runs):
     root, out = method_runs
-    assert set(out) == {'supervised', 'mean_teacher', 'pi_model', 'temporal_ensemble', 'aals', 'dynamic', 'symmetric'}
+    assert set(out) == set(METHODS) >= {'supervised', 'mean_teacher', 'pi_model', 'temporal_ensemble', 'aals', 'dynamic', 'symmetric'}
     for m, metrics in out.items():
         d = root / m
         for f in ('train.ipynb', 'model.pt', 'metrics.json', 'metrics_log.jsonl', 'predictions.csv', 'training_curves.png'):
             assert (d / f).exists(), (m, f)
-        assert any((d / 'checkpoints').iterdir())
+        if METHODS[m].distills: assert any((d / 'checkpoints').iterdir())   # supervised: the shared stage-1 run's
         assert metrics['config']['method'] == m and metrics['config']['t'] == 0.4
         assert set(metrics) >= {'config', 'results', 'timing', 'versions', 'git_commit'}
         assert metrics['versions']['torch']
@@ -90,7 +90,7 @@ def test_plain_papermill_and_overrides(tmp_path, phantom_root):
     preset = experiments_dir() / 'presets' / 'test.yaml'
     r = subprocess.run([str(Path(sys.executable).parent / 'papermill'), str(experiments_dir() / 'train.ipynb'),
                         str(out / 'train.ipynb'), '-f', str(preset), '-p', 'method', 'dynamic', '-p', 'a0', '6',
-                        '-p', 'data_root', str(phantom_root), '-p', 'out_dir', str(out)], capture_output=True, text=True)
+                        '-p', 'root', str(phantom_root), '-p', 'out', str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((out / 'metrics.json').read_text())
     assert m['config']['method'] == 'dynamic' and m['config']['a0'] == 6
@@ -100,7 +100,7 @@ def test_plain_papermill_and_overrides(tmp_path, phantom_root):
 def test_unknown_parameter_and_failed_run(tmp_path, phantom_root):
     with pytest.raises(ValueError, match='unknown parameter'): run_experiment('test', {'methd': 'aals'}, out=tmp_path / 'x')
     with pytest.raises(RunFailed, match='train.ipynb'):
-        run_experiment('test', {'method': 'no_such_method', 'data_root': str(phantom_root)}, out=tmp_path / 'y')
+        run_experiment('test', {'method': 'no_such_method', 'root': str(phantom_root)}, out=tmp_path / 'y')
 
 
 class Killed(Exception):
@@ -109,37 +109,39 @@ class Killed(Exception):
 
 def test_run_command_and_resume(tmp_path, phantom_root, monkeypatch):
     """`cxr-fracture run --resume` reaches the trainer through papermill and continues a killed run from its
-    checkpoints/last.pt: the run killed after stage 1 trains only stage 2 on resume (stage 1's model and log line kept
-    as they were), and the training time adds up over the two attempts. (The trainer's own tests kill runs mid-epoch
-    and check a resumed run is exact; here it is the template's wiring.)"""
+    checkpoints/last.pt: a run killed in its second stage-2 epoch resumes there (the shared stage-1 model and the
+    log lines before the kill kept as they were), and the training time adds up over the two attempts. (The
+    trainer's own tests kill runs mid-epoch and check a resumed run is exact; here it is the template's wiring.)"""
     import cxr_fracture.train as tr
     out = tmp_path / 'cli'
-    args = [CLI, 'run', 'test', '-p', 'method', 'mean_teacher', '-p', 'data_root', str(phantom_root), '--out', str(out), '--quiet']
+    args = [CLI, 'run', 'test', '-p', 'method', 'mean_teacher', '-p', 'root', str(phantom_root), '--out', str(out), '--quiet']
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     done = log_lines(out)
-    assert [json.loads(l)['stage'] for l in done] == [1, 2]
-    # the same run (the template's own config.json), started afresh and killed as its stage 2 begins
+    assert [json.loads(l)['stage'] for l in done] == [1, 2, 2]
+    s1 = next((out.parent / 'stage1').glob('*/model.pt'))
+    stage1 = s1.stat().st_mtime_ns
+    # the same run (the template's own config.json), started afresh and killed as its second stage-2 epoch begins
     cfg = json.loads((out / 'config.json').read_text())
     run_epoch = tr._Run.run_epoch
-    def killed_in_stage2(self, stage, epoch):
-        if stage == 2: raise Killed()
-        return run_epoch(self, stage, epoch)
+    def killed_in_stage2(self, epoch):
+        if self.stage == 2 and epoch == 1: raise Killed()
+        return run_epoch(self, epoch)
     monkeypatch.setattr(tr._Run, 'run_epoch', killed_in_stage2)
     (out / 'metrics.json').unlink()
     started = time.time(); ex.start_attempt(out, resume=False)          # as the template does before training
     with pytest.raises(Killed): tr.train(cfg)
     monkeypatch.undo()
     killed = log_lines(out)
-    assert len(killed) == 1 and same_epoch(killed[0], done[0]) and (out / 'checkpoints' / 'last.pt').exists()
-    stage1, ck_time = (out / 'stage1' / 'model.pt').stat().st_mtime_ns, (out / 'checkpoints' / 'last.pt').stat().st_mtime
+    assert len(killed) == 2 and all(same_epoch(a, b) for a, b in zip(killed, done)) and (out / 'checkpoints' / 'last.pt').exists()
+    ck_time = (out / 'checkpoints' / 'last.pt').stat().st_mtime
     r = subprocess.run(args + ['--resume'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     again, lines = json.loads((out / 'metrics.json').read_text()), log_lines(out)
     assert again['config']['resume'] is True
-    assert lines[0] == killed[0] and [json.loads(l)['stage'] for l in lines] == [1, 2]   # stage 1 not retrained ...
-    assert (out / 'stage1' / 'model.pt').stat().st_mtime_ns == stage1
-    assert json.loads(lines[1])['global_step'] == json.loads(done[1])['global_step']       # ... stage 2 continued from it
+    assert lines[:2] == killed and [json.loads(l)['stage'] for l in lines] == [1, 2, 2]   # nothing retrained ...
+    assert s1.stat().st_mtime_ns == stage1
+    assert json.loads(lines[2])['global_step'] == json.loads(done[2])['global_step']      # ... stage 2 continued
     t = again['timing']
     assert t['attempts'] == 2 and t['train_seconds'] == pytest.approx(t['train_seconds_attempt'] + ck_time - started, abs=0.5)
     best = again['best']
@@ -149,7 +151,7 @@ def test_run_command_and_resume(tmp_path, phantom_root, monkeypatch):
 def test_sweep_grid_slurm_and_index(tmp_path, phantom_root):
     grid = tmp_path / 'abl.yaml'
     grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'abl'),
-                                    'params': {'method': 'aals', 'data_root': str(phantom_root)},
+                                    'params': {'method': 'aals', 'root': str(phantom_root)},
                                     'grid': {'t': [0.3, 0.4], 'a0': [1, 4]}}, sort_keys=False))
     assert len(expand_grid(grid)) == 4
     rep = sweep(grid, dry_run=True)
@@ -178,7 +180,7 @@ def test_every_sweep_launch_resumes_and_shared_data_is_prepared_first(tmp_path, 
     "cache built) once, before any per-GPU worker starts."
     shared = tmp_path / 'shared_phantom'
     grid = tmp_path / 'g.yaml'
-    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g'), 'params': {'data_root': str(shared)},
+    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g'), 'params': {'root': str(shared)},
                                     'grid': {'method': ['aals', 'supervised', 'dynamic']}}))
     calls, launched = [], []
     monkeypatch.setattr(ex, 'run_experiment', lambda *a, **k: calls.append(k))
@@ -201,7 +203,7 @@ def test_every_sweep_launch_resumes_and_shared_data_is_prepared_first(tmp_path, 
         assert '--resume' in cmd and drawn and cached and gpu in ('0', '1')
         assert Path(cmd[0]).is_absolute() and cmd[cmd.index('run') + 1] == 'test'
     # a shared phantom that cannot be drawn fails its runs, with the reason, before any is launched
-    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g2'), 'params': {'data_root': str(shared)},
+    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g2'), 'params': {'root': str(shared)},
                                     'grid': {'phantom_n': [30]}}))
     launched.clear()
     rep = sweep(grid, gpus=2)
@@ -267,13 +269,13 @@ def test_demo_main_job(tmp_path, capsys):
     rows = [l for l in got if l.split()[:1] in (['supervised'], ['aals'])]
     assert len(rows) == 4 and all(len(l) == len(heads[0]) for l in rows)
     assert all(len(l) == len(heads[0]) for l in readme if l.split()[:1] in (['supervised'], ['aals']))
-    # AALS started from the supervised run's stage-1 model: no stage 1 of its own
+    # both arms start from one stage-1 model, trained once in OUT/stage1 (the supervised arm *is* it)
     m = json.loads((out / 'aals' / 'metrics.json').read_text())
-    init = out / 'supervised' / 'stage1' / 'model.pt'
-    assert m['config']['init'] == str(init) and init.exists() and m['stage1_model'] == str(init)
-    assert m['config']['train_config']['epochs_stage1'] == 0 and m['best']['stage'] == 2
-    assert {json.loads(l)['stage'] for l in log_lines(out / 'aals')} == {2}
-    assert not (out / 'aals' / 'stage1').exists()
+    s1 = [d for d in (out / 'stage1').iterdir() if d.is_dir()]
+    assert len(s1) == 1 and m['stage1_model'] == str(s1[0] / 'model.pt') and m['best']['stage'] == 2
+    sup = json.loads((out / 'supervised' / 'metrics.json').read_text())
+    assert sup['stage1_model'] == m['stage1_model'] and sup['best']['stage'] == 1
+    assert [json.loads(l)['stage'] for l in log_lines(out / 'aals')][-1] == 2
 
 
 def test_demo_gallery_survives_a_failed_run(tmp_path, monkeypatch):
@@ -319,7 +321,46 @@ def test_presets_are_known_parameters():
     known = set(template_parameters())
     for p in (experiments_dir() / 'presets').glob('*.yaml'):
         assert set(yaml.safe_load(p.read_text())) <= known, p
-    assert {p.stem for p in (experiments_dir() / 'presets').glob('*.yaml')} >= {'test', 'demo', 'fracatlas', 'paper'}
+    assert {p.stem for p in (experiments_dir() / 'presets').glob('*.yaml')} >= {'test', 'demo', 'fracatlas', 'aals_paper', 'ds_paper'}
+    for p in (experiments_dir() / 'presets').glob('*.yaml'):   # every preset is a valid configuration
+        TrainConfig.from_params({**resolve_params(p.stem), 'out': '/tmp/x'})
+
+
+def test_template_parameters_are_the_train_config():
+    "The template's parameters are TrainConfig's fields, same names, same defaults, same order, plus TEMPLATE_ONLY."
+    import dataclasses
+    tp = template_parameters()
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert list(tp) == fields + list(TEMPLATE_ONLY)
+    for f in dataclasses.fields(TrainConfig):
+        assert tp[f.name]['default'] == f.default, (f.name, tp[f.name]['default'], f.default)
+        assert tp[f.name]['comment'], f.name
+    assert TrainConfig.from_params({k: v['default'] for k, v in tp.items()}) == TrainConfig()
+
+
+def test_every_field_can_be_set_with_p():
+    "`-p NAME VALUE` reaches every TrainConfig field through resolve_params and TrainConfig.from_params."
+    import dataclasses
+    for f in dataclasses.fields(TrainConfig):
+        v = {'method': 'dynamic', 'model': 'resnet18', 'scheduler': 'cosine', 'loss_form': 'mean', 'sup_loss': 'wbce',
+             'consistency': 'mse', 'p_negative': 'none', 'self_teacher_bn': 'train', 'split_scheme': 'holdout',
+             'classes': 'rib_fracture', 'data': 'x.csv'}.get(f.name)
+        if v is None:
+            d = f.default
+            v = (not d) if isinstance(d, bool) else (d + 1 if isinstance(d, int) else (d / 2 if isinstance(d, float) else
+                 ({'magnitude': 2.0} if f.name == 'phantom_options' else ('/tmp/somewhere' if d is None or isinstance(d, str) else d))))
+            if f.name in ('amp', 'channels_last', 'progress'): v = True
+            if f.name in ('stride',): v = 8
+            if f.name in ('limit_batches', 'limit_val', 'phantom_seed'): v = 3
+            if f.name == 'pos_fraction': v = 0.25
+            if f.name == 'p_fraction': v = 0.25
+            if f.name == 'backbone': v = 'resnet34'
+            if f.name == 'device': v = 'cpu'
+        cfg = TrainConfig.from_params({'out': '/tmp/x', **resolve_params('test', {f.name: ex.parse_value(str(v)) if not isinstance(v, (dict, list)) else v})})
+        want = ['rib_fracture'] if f.name == 'classes' else v
+        got = getattr(cfg, f.name)
+        if f.name in ex.PATH_PARAMS and isinstance(got, str): got, want = Path(got).name, Path(str(want)).name
+        assert got == want, (f.name, got, want)
 
 
 def test_comparison_table_with_a_class_no_run_scored():

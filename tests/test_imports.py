@@ -44,7 +44,7 @@ MAIN_PATHS = {
         except M.UnreadableImage as e: assert 'pip install pydicom' in str(e), e
         r = M.build_cache(pd.DataFrame(dict(image_id=['a', 'x'], path=['a.png', 'x.dcm'])), d, d / 'c', size=8, workers=1, progress=True)
         assert (r['ok'], r['error']) == (1, 1), r
-        assert M._progress_bar(3, 0, True) is None    # tqdm absent: no bar, no error
+        assert M.progress_bar(3, 0, True) is None     # tqdm absent: no bar, no error
         img, t = M.open_cache(d / 'c').get('a')
         assert img.shape == (8, 8)
     ''',
@@ -112,3 +112,69 @@ def test_core_module_without_optional_packages(module, tmp_path):
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f'cxr_fracture.{module} with {", ".join(BLOCKED)} absent:\n{r.stderr[-3000:]}'
     assert r.stdout.strip().splitlines()[-1].startswith('OK'), r.stdout
+
+
+# ---------------------------------------------------------------- imports only downward
+# The notebooks are read in the order of their file names (00_io, 01_mining, ..., 08_teacher, 08a_metrics, 09_train,
+# ...); a module may import only modules whose notebook comes earlier, so that each notebook can be read (and run)
+# knowing only the ones before it. `cli` and `experiments` sit at the end and may import anything before them;
+# nothing imports them but `cli`.
+import ast, json
+from pathlib import Path
+
+PKG = 'cxr_fracture'
+ROOT = Path(__file__).resolve().parents[1]
+TOP_ONLY = {'cli', 'experiments'}          # modules that no other module may import (cli may)
+
+
+def _notebook_of_module() -> dict:
+    "{module: notebook path relative to nbs/}, from each notebook's `#| default_exp` cell."
+    found = {}
+    for nb in sorted((ROOT / 'nbs').rglob('*.ipynb')):
+        if '.ipynb_checkpoints' in nb.parts: continue
+        for cell in json.loads(nb.read_text(encoding='utf-8'))['cells']:
+            if cell['cell_type'] != 'code': continue
+            for line in ''.join(cell['source']).splitlines():
+                parts = line.strip().split()
+                if parts[:2] == ['#|', 'default_exp'] and len(parts) > 2:
+                    mod = parts[2]
+                    assert mod not in found, f'{PKG}.{mod} is exported from two notebooks: {found[mod]} and {nb}'
+                    found[mod] = nb.relative_to(ROOT / 'nbs').as_posix()
+    return found
+
+
+def _package_imports(path: Path, modules) -> list:
+    "[(line, imported module)] for every import of another package module in `path` (top level and in functions)."
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'), str(path))):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split('.')
+                if parts[0] == PKG and len(parts) > 1: out.append((node.lineno, parts[1]))
+        elif isinstance(node, ast.ImportFrom):
+            parts = (node.module or '').split('.') if node.module else []
+            if node.level == 0 and (not parts or parts[0] != PKG): continue
+            if node.level > 1: raise AssertionError(f'{path}:{node.lineno}: a relative import above the package')
+            rest = parts if node.level == 1 else parts[1:]           # `from .x import` / `from cxr_fracture.x import`
+            if rest: out.append((node.lineno, rest[0]))
+            else: out += [(node.lineno, a.name) for a in node.names if a.name in modules]   # `from cxr_fracture import io`
+    return out
+
+
+def test_every_module_has_one_notebook():
+    nbs = _notebook_of_module()
+    mods = {p.stem for p in (ROOT / PKG).glob('*.py') if not p.name.startswith('_')}
+    assert mods == set(nbs), f'modules without a notebook: {sorted(mods - set(nbs))}; notebooks without a module: {sorted(set(nbs) - mods)}'
+
+
+def test_imports_only_downward():
+    nbs = _notebook_of_module()
+    bad = []
+    for mod, nb in sorted(nbs.items(), key=lambda kv: kv[1]):
+        for line, dep in _package_imports(ROOT / PKG / f'{mod}.py', nbs):
+            if dep == mod: continue
+            where = f'{PKG}/{mod}.py:{line} ({nb}) imports {PKG}.{dep}'
+            if dep not in nbs: bad.append(f'{where}, which no notebook exports')
+            elif dep in TOP_ONLY and mod != 'cli': bad.append(f'{where}: only cli may import {dep}')
+            elif not nbs[dep] < nb: bad.append(f'{where} from the later notebook {nbs[dep]}')
+    assert not bad, 'imports must go to earlier notebooks:\n' + '\n'.join(bad)

@@ -1,7 +1,7 @@
 """Losses: reduction, finiteness at extreme logits and 0/1 targets, gradients against naive formulas."""
 import pytest
 import torch
-from cxr_fracture.losses import pixel_bce, weighted_bce, class_weights, bernoulli_kl, soft_focal_loss
+from cxr_fracture.losses import pixel_bce, weighted_bce, sample_class_weights, bernoulli_kl, soft_focal_loss
 
 AL = torch.tensor([0.5, 1.5])
 LOSSES = {
@@ -126,14 +126,14 @@ def test_weighted_bce_is_the_papers_form_on_hard_targets():
     torch.testing.assert_close(weighted_bce(z, q, al, alpha_r=ar, reduction='none'), ours)
 
 
-def test_class_weights():
-    labels = torch.tensor([[1, 0], [1, -1], [1, 1], [0, float('nan')], [1, 0]])
-    w = class_weights(labels)              # 4 rib, 1 clavicle positives
-    torch.testing.assert_close(w, torch.tensor([0.4, 1.6]))
-    torch.testing.assert_close(class_weights([808, 202]), torch.tensor([0.4, 1.6]))
-    torch.testing.assert_close(class_weights([5, 0]), torch.tensor([1 / 3, 5 / 3]))   # 0 positives counts as 1
-    assert abs(class_weights([3, 7, 11]).mean().item() - 1) < 1e-6
-
+def test_sample_class_weights():
+    "alpha_l by inverse *sample* class frequency: positive against negative images of each class, mean 1 over images."
+    labels = [[1, 0], [0, 0], [0, 1], [0, 0], [0, 0], [1, float('nan')]]
+    w = sample_class_weights(labels)
+    torch.testing.assert_close(w, torch.tensor([[6 / 4, 5 / 2], [6 / 8, 5 / 8]]))
+    has = [[1, 1], [1, 1], [1, 1], [1, 1], [0, 0], [0, 0]]                # only supervised pairs count
+    torch.testing.assert_close(sample_class_weights(labels, has), torch.tensor([[2., 2.], [4 / 6, 4 / 6]]))
+    torch.testing.assert_close(sample_class_weights([[1], [1]]), torch.tensor([[0.5], [1.]]))   # no negatives: n/2 (unused)
 
 def test_pixel_bce_weight_masks_images():
     z = torch.randn(2, 1, 3, 3); m = torch.zeros(2, 1, 3, 3)

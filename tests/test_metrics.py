@@ -177,7 +177,7 @@ def test_streaming_froc_equals_brute_force_on_grid():
 
 
 def test_numba_and_numpy_engines_identical():
-    pytest.importorskip('numba')
+    pytest.importorskip('numba', reason='numba not installed (optional JIT engine)')
     maps, boxes = random_case(4, n=5, dtype=np.float32)
     for f in (M.pixel_froc, M.component_froc):
         for th in (None, 'exact', np.array([0.0, 0.2, 0.21, 0.5, 0.9])):

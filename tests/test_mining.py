@@ -449,7 +449,7 @@ def test_malformed_fracture_codes_are_reported(code):
 
 
 def test_array_valued_code_columns_are_lists():
-    np = pytest.importorskip('numpy')
+    import numpy as np
     df = pd.DataFrame({'id': [1, 2], 'dx': [np.array(['S22.31XA', 'S42.001A']), np.array([], dtype=object)]})
     lab = mine_labels(df, 'id', code_cols=['dx'])
     assert lab.rib_fracture.fillna(9).tolist() == [1, 9] and lab.clavicle_fracture.fillna(9).tolist() == [1, 9]
@@ -457,7 +457,7 @@ def test_array_valued_code_columns_are_lists():
 
 
 def test_parquet_with_list_column(tmp_path):
-    pytest.importorskip('pyarrow')
+    pytest.importorskip('pyarrow', reason='pyarrow not installed (optional; Parquet input needs it)')
     p = tmp_path / 'r.parquet'
     pd.DataFrame({'id': ['a', 'b'], 'report': ['Left rib fracture', None], 'dx': [['S42.001A'], []]}).to_parquet(p)
     df, w = read_records(p)

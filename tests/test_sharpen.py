@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 from cxr_fracture.sharpen import (aals, dynamic_sharpen, dynamic_params, symmetric_sharpen, sharpen, SHARPENERS,
-                                  plot_aals_curves, plot_dynamic_curves, sharpen_explorer, phantom_teacher_map)
+                                  plot_aals_curves, plot_dynamic_curves, sharpen_explorer, stand_in_teacher_map)
+from cxr_fracture.explore import phantom_teacher_map
 
 X = torch.linspace(0, 1, 1001, dtype=torch.float64)
 AALS_PARAMS = [(t, a0, ym) for t in (0.2, 0.4, 0.6) for a0 in (1.0, 2.0, 4.0, 10.0) for ym in (0.0, 0.3, 0.7, 1.0)]
@@ -144,9 +145,32 @@ def test_plots():
     assert isinstance(g, Figure) and len(g.axes[0].lines) == 3
 
 
+def test_stand_in_teacher_map():
+    "06's default map: painted from a phantom's boxes (no network), weak, higher at the fractures, soft."
+    from cxr_fracture.data import box_masks
+    d = stand_in_teacher_map()
+    img, tm = d['image'], d['teacher_map']
+    assert img.shape == (128, 128) and tm.shape == (16, 16) and tm.dtype == np.float32 and len(d['boxes']) == 3
+    assert abs(tm.max() - 0.1) < 1e-6 and 0 < tm.min()                       # low sensitivity: far below t = 0.4
+    inside = box_masks(np.array(d['boxes']), np.zeros(len(d['boxes']), int), 1, 128, 8)[0].numpy() > 0
+    assert inside.any() and tm[inside].mean() > 2 * tm[~inside].mean()
+    np.testing.assert_array_equal(tm, stand_in_teacher_map()['teacher_map'])   # deterministic
+    assert not np.array_equal(tm, stand_in_teacher_map(seed=1)['teacher_map'])
+    assert stand_in_teacher_map(size=64, stride=4, peak=0.3)['teacher_map'].shape == (16, 16)
+
+
+def test_explorer_default_is_the_stand_in():
+    pytest.importorskip('ipywidgets', reason='ipywidgets not installed (optional; the explorer needs it)')
+    d = stand_in_teacher_map()
+    ex = sharpen_explorer()
+    np.testing.assert_array_equal(ex.teacher, d['teacher_map'])
+    np.testing.assert_array_equal(ex.image, d['image'])
+    assert ex.boxes == d['boxes']
+
+
 @pytest.fixture(scope='module')
 def real_map():
-    "The demo network briefly trained on phantom box masks, and its map of a phantom image (a few seconds, one thread)."
+    "The demo network briefly trained on phantom box masks, and its map of a phantom image (explore, 09a; a few seconds, one thread)."
     return phantom_teacher_map(steps=30)
 
 
@@ -163,7 +187,7 @@ def test_phantom_teacher_map_is_the_networks(real_map):
 
 
 def test_explorer_headless(real_map):
-    pytest.importorskip('ipywidgets')
+    pytest.importorskip('ipywidgets', reason='ipywidgets not installed (optional; the explorer needs it)')
     ex = sharpen_explorer(teacher_map=real_map['teacher_map'], image=real_map['image'], boxes=real_map['boxes'])
     np.testing.assert_allclose(ex.teacher, real_map['teacher_map'])
     assert abs(ex.sliders['y_max'].value - float(real_map['teacher_map'].max())) < 0.01   # starts at the map's maximum
@@ -199,7 +223,7 @@ def test_explorer_headless(real_map):
 
 
 def test_explorer_custom_map():
-    pytest.importorskip('ipywidgets')
+    pytest.importorskip('ipywidgets', reason='ipywidgets not installed (optional; the explorer needs it)')
     m = np.random.default_rng(0).random((8, 12)).astype(np.float32) * 0.5
     ex = sharpen_explorer(teacher_map=m, image=np.random.rand(32, 48))
     assert ex.images['teacher'].get_array().shape == (8, 12)

@@ -5,6 +5,7 @@
 import argparse, copy, sys, time
 import torch, torchvision
 from cxr_fracture.teacher import ema_update
+from _report import report
 
 
 def loop_update(t, s, a):
@@ -29,9 +30,9 @@ def main():
     sync = torch.cuda.synchronize if a.device.startswith('cuda') else (lambda: None)
     print(f'# {" ".join(sys.argv)}  (torch {torch.__version__}, {a.device}, {a.threads} thread(s); '
           f'ResNet-18: {len(list(s.parameters()))} parameter tensors, {n/1e6:.1f} M weights)')
-    for name, fn in [('foreach lerp (ema_update)', lambda: ema_update(t, s, 0.999)),
-                     ('foreach mul + foreach add', lambda: muladd_update(t, s, 0.999)),
-                     ('per-parameter loop', lambda: loop_update(t, s, 0.999))]:
+    for key, name, fn in [('foreach_lerp', 'foreach lerp (ema_update)', lambda: ema_update(t, s, 0.999)),
+                          ('foreach_mul_add', 'foreach mul + foreach add', lambda: muladd_update(t, s, 0.999)),
+                          ('loop', 'per-parameter loop', lambda: loop_update(t, s, 0.999))]:
         for _ in range(5): fn()
         sync(); best = []
         for _ in range(3):
@@ -39,6 +40,9 @@ def main():
             for _ in range(a.repeats): fn()
             sync(); best.append((time.perf_counter() - t0) / a.repeats * 1e3)
         print(f'{name:32s} {min(best):7.2f} ms per update (best of 3 x {a.repeats})')
+        report(key, round(min(best), 2), 'ms per update',
+               f'EMA update of a ResNet-18 ({n/1e6:.1f} M weights, float32, {a.device}): {name}', threads=a.threads,
+               note=f'best of 3 x {a.repeats}')
 
 
 if __name__ == '__main__': main()

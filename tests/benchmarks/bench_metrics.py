@@ -23,6 +23,7 @@ import argparse, resource, sys, time, tracemalloc
 from pathlib import Path
 
 import numpy as np
+from _report import report
 
 
 def _interp_matrix(n_out, n_in):
@@ -120,6 +121,18 @@ def main(argv=None):
     print(f'peak RSS: {rss:.0f} MiB (before the evaluation: {rss0:.0f} MiB)')
     if traced is not None: print(f'peak traced allocations during the evaluation: {traced:.1f} MiB')
     print('load average at end: ' + ' '.join(f'{x:.2f}' for x in os.getloadavg()))
+    w, size = M._default_workers(), f'{a.n:,} maps of {a.size} x {a.size}'
+    R = lambda name, v, unit, what, note=None: report(name, v, unit, what, threads=w, note=note, argv=argv)
+    R('make_maps', round(t_gen, 2), 's', f'making {size} on the fly, alone (one pass; each metric below makes them again)',
+      note=f'{1e3 * t_gen / a.n:.2f} ms per map')
+    R('pixel_froc', round(t_pix, 2), 's', f'pixel FROC of {size} made on the fly', note=f'net of making the maps ~{t_pix - t_gen:.2f} s')
+    R('component_froc', round(t_comp, 2), 's', f'component FROC of {size} made on the fly', note=f'net ~{t_comp - t_gen:.2f} s')
+    R('auroc_delong', round(t_auc, 2), 's', f'image AUROC + DeLong interval of {size} made on the fly', note=f'net ~{t_auc - t_gen:.2f} s')
+    R('total', round(total, 2), 's', f'both FROCs and the AUROC of {size} (wall, making the maps 3 times included)',
+      note=f'~{net:.2f} s net; {cpu:.2f} s CPU incl. numba compile/cache load; target <= 60 s')
+    R('peak_rss', round(rss), 'MiB', 'peak resident memory of the process (interpreter, numpy, scipy, numba included)',
+      note=f'{rss0:.0f} MiB before the evaluation; target <= 1 GB')
+    if traced is not None: R('peak_traced', round(traced, 1), 'MiB', 'peak traced (Python/numpy) allocations during the evaluation')
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 import pandas as pd
 from cxr_fracture.mining import load_openi, mine_labels, Policy
+from _report import report
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get('CXR_FRACTURE_SHARED', REPO.parent / 'shared' / 'data'))
@@ -34,6 +35,9 @@ def main():
     print(f'mine_labels: {len(df)} records in {best:.2f} s = {rate:,.0f} records/s (best of {a.repeat}; '
           f'{int((lab.rib_fracture == 1).sum())} rib positives)  [target >= 5,000/s: {"ok" if rate >= 5000 else "MISSED"}]')
     print('command: python tests/benchmarks/bench_mining.py ' + ' '.join(sys.argv[1:]))
+    report('mine_labels', round(rate), 'records/s',
+           f'label mining (mine_labels, FINDINGS + IMPRESSION) of the Open-i reports repeated to {len(df):,} records, one core',
+           threads=1, note=f'best of {a.repeat}; target >= 5,000')
 
 
 if __name__ == '__main__':

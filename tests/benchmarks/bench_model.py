@@ -10,6 +10,7 @@ import argparse, sys, time
 import torch
 from cxr_fracture.model import build_model, MODEL_CONFIGS, DEMO_SIZE
 from cxr_fracture.losses import pixel_bce
+from _report import report
 
 CANDIDATES = [  # (label, model config, input size)
     ('demo (registered)',            'demo', DEMO_SIZE),
@@ -52,7 +53,11 @@ def main(argv=None):
     print(f'torch {torch.__version__}, threads {a.threads}, batch {a.batch}, steps {a.steps}; '
           f"demo = {MODEL_CONFIGS['demo']} at {DEMO_SIZE} px")
     for label, cfg, size in cands:
-        print(f'{label:<30} {size:>4} px  {bench(cfg, size, a.batch, a.steps):7.1f} images/s', flush=True)
+        ips = bench(cfg, size, a.batch, a.steps)
+        print(f'{label:<30} {size:>4} px  {ips:7.1f} images/s', flush=True)
+        report(f'{label} {size}px', round(ips, 1), 'images/s',
+               f'training step (forward + backward + Adam) of FractureFPN {label} at {size} px, batch {a.batch}',
+               threads=a.threads, note=f'{a.steps} timed steps', argv=argv)
     print('command:', ' '.join([sys.executable.rsplit('/', 1)[-1], 'tests/benchmarks/bench_model.py', *(argv or sys.argv[1:])]))
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ import numpy as np
 
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 from cxr_fracture.io import _cache_one, read_xray, shared_data_dir
+from _report import report
 
 
 def inputs(n_jpeg):
@@ -51,6 +52,10 @@ def main(argv=None):
     for name, files in inputs(a.n_jpeg).items():
         n, mpx, ips, ms, ipc = bench(files, a.size, a.repeat if len(files) > 2 else 3 * a.repeat)
         print(f'{name:42s} {n:6d} {mpx:8.2f} {ips:10.1f} {ms:8.1f} {ipc:9.1f}')
+        what = f'preprocessing (read_xray + letterbox to {a.size} px + uint8) of {name}, {mpx:.2f} Mpx/image, one worker'
+        report(f'{name} wall', round(ips, 1), 'images/s', what, threads=1, note=f'{ms:.1f} ms/image, {n} images', argv=argv)
+        report(f'{name} cpu', round(ipc, 1), 'images per CPU-s', what + ' (per CPU second: less sensitive to other load)',
+               threads=1, argv=argv)
     print(f'(size {a.size}, uint8, one worker; load average after: {os.getloadavg()[0]:.2f})')
 
 

@@ -21,6 +21,8 @@ from scipy import stats
 
 from cxr_fracture.experiments import demo, run_experiment, collect_runs, comparison_table
 from cxr_fracture.metrics import delong_test
+import torch
+from _report import report
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--out', default='runs/science')
@@ -109,7 +111,6 @@ if pv:
 
 if args.ablation:
     d0 = seed_dirs[args.seeds[0]]
-    stage1 = d0 / 'supervised' / 'stage1' / 'model.pt'
     grid = [(t, 4.0) for t in args.t_values] + [(0.4, a0) for a0 in args.a0_values]
     for t, a0 in dict.fromkeys(grid):
         ro = out / 'ablation' / f't-{t:g}_a0-{a0:g}'
@@ -118,8 +119,8 @@ if args.ablation:
             ro.mkdir(parents=True, exist_ok=True)
             (ro / 'metrics.json').write_text((d0 / 'aals' / 'metrics.json').read_text()); continue
         print(f'ablation: t={t:g} a0={a0:g}', flush=True)
-        run_experiment(args.preset, {'method': 'aals', 't': t, 'a0': a0, 'seed': args.seeds[0], 'init': str(stage1.resolve()),
-                                     'data_root': str((d0 / 'phantom').resolve())}, out=ro)
+        run_experiment(args.preset, {'method': 'aals', 't': t, 'a0': a0, 'seed': args.seeds[0],   # the seed's shared stage 1
+                                     'stage1_dir': str((d0 / 'stage1').resolve()), 'root': str((d0 / 'phantom').resolve())}, out=ro)
     rows = []
     for f in sorted((out / 'ablation').glob('*/metrics.json')):
         j = json.loads(f.read_text()); c = j['config']
@@ -133,3 +134,7 @@ if args.ablation:
         tb.to_csv(out / f"science_ablation_{key}.csv")
         print(f'\nAblation over {name}, seed {args.seeds[0]} (pixel FROC with its 95% bootstrap interval):\n' + tb.to_string())
 print(f'\ntotal {time.time() - t0:.0f} s')
+report('total', round(time.time() - t0), 's',
+       f'the science comparison ({args.preset} preset, seeds {" ".join(map(str, args.seeds))}'
+       + (', with the ablations' if args.ablation else '') + '), wall time', threads=torch.get_num_threads(),
+       note='runs already present in --out are reused, so a rerun can be much shorter')

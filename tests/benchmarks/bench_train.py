@@ -2,7 +2,8 @@
 
     python tests/benchmarks/bench_train.py [--methods aals dynamic ...] [--steps 20] [--repeats 5] [--threads 2] [--size 160]
 
-Every method first runs 2 warm-up steps; then `--repeats` rounds each time all methods for `--steps` timed steps
+Every method with a stage 2 (all but `supervised`, which is the stage-1 model) first runs 2 warm-up steps, from a random
+network (epochs_stage1=0), P in the data's proportion of each batch; then `--repeats` rounds each time all methods for `--steps` timed steps
 (stage 2, the trainer's own per-epoch images/s), the methods interleaved and their order rotated from round to
 round, so that a load change on the machine hits every method alike. Prints each round's figures and, per
 method, the median (and min-max) over the rounds: report the medians.
@@ -13,11 +14,12 @@ from pathlib import Path
 import torch
 from cxr_fracture.model import DEMO_SIZE
 from cxr_fracture.train import METHODS, TrainConfig, train, load_data, read_log
+from _report import report
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--methods', nargs='*', default=list(METHODS))
+    ap.add_argument('--methods', nargs='*', default=[m for m in METHODS if METHODS[m].distills])  # supervised has no stage 2
     ap.add_argument('--steps', type=int, default=20, help='timed steps per method and round')
     ap.add_argument('--repeats', type=int, default=5, help='rounds over all methods (interleaved); medians reported')
     ap.add_argument('--threads', type=int, default=2)
@@ -53,6 +55,10 @@ def main(argv=None):
         v = ips[m]
         rows.append((m, statistics.median(v), min(v), max(v)))
         print(f'{m:<18} {rows[-1][1]:16.1f} {rows[-1][2]:6.1f}-{rows[-1][3]:<6.1f}', flush=True)
+        report(m, round(rows[-1][1], 1), 'images/s',
+               f'stage-2 training step of `{m}` (data, teacher, update, EMA), model demo at {a.size} px, batch {a.batch_size}',
+               threads=a.threads, argv=argv,
+               note=f'median of {a.repeats} interleaved rounds x {a.steps} steps, min-max {rows[-1][2]:.1f}-{rows[-1][3]:.1f}')
     print('command: python ' + ' '.join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]))
     print(f'threads={a.threads} size={a.size} batch_size={a.batch_size} steps={a.steps} repeats={a.repeats} '
           f'model=demo torch={torch.__version__}')
