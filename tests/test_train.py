@@ -234,7 +234,7 @@ def test_loss_forms(stage2_run):
     _, a, c = T.combine_losses(ls, sw, ld, dw, 'mean')
     assert float(a) == pytest.approx(float(ls[0].mean())) and float(c) == pytest.approx(float(ld[1, 0]))
     # the sampler: p_fraction None gives P the data's share of a batch (at least one slot)
-    assert run._p_share() == pytest.approx(max(run.n_p / (run.n_p + run.n_sup), 1 / run.cfg.batch_size))
+    assert run.p_share() == pytest.approx(max(run.n_p / (run.n_p + run.n_sup), 1 / run.cfg.batch_size))
 
 
 SCRIPT = textwrap.dedent('''
