@@ -77,9 +77,12 @@ MAIN_PATHS = {
         assert torch.allclose(ema.module.weight, student.weight - 0.5)
     ''',
     'train': '''
-        assert list(M._progress(range(3), 3, 'stage 1 epoch 1', True)) == [0, 1, 2]    # the progress bar without tqdm
-        assert list(M._progress(range(2), 2, 'x', False)) == [0, 1]
-        cfg = M.TrainConfig(); assert cfg.method in M.METHODS
+        assert M.progress_bar(3, 0, True, iterable=range(3)) is None                   # the progress bar without tqdm: none
+        cfg = M.TrainConfig(); assert cfg.method in M.METHODS and len(M.METHODS) >= 7
+        assert M.TrainConfig.from_params({'method': 'dynamic', 'n_bootstrap': 1}).method == 'dynamic'
+        import torch
+        s, d = M.pair_weights(torch.tensor([[1., 0]]), torch.tensor([1]), torch.zeros(1, 2, dtype=torch.bool), False)
+        assert d.tolist() == [[1., 1.]]
     ''',
     'metrics': '''
         import warnings
