@@ -401,3 +401,17 @@ def test_cli_and_plot(phantom, tmp_path):
     assert main(['train', '--out', str(out), '-c', 'nope=1']) == 2
     fig = plot_log(out)
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) >= 3
+
+
+def test_holdout_split_is_the_dynamic_sharpening_papers(phantom):
+    "split_scheme='holdout': a fixed, patient-level test set for every fold; val is fold k of the rest (80/20)."
+    base = tiny(phantom, phantom/'x', split_scheme='holdout', holdout_test=0.25)
+    splits = [load_data(TrainConfig(**{**base, 'fold': k}))[0] for k in range(5)]
+    tests = [set(d.image_id[d.split == 'test']) for d in splits]
+    assert all(t == tests[0] for t in tests) and 0 < len(tests[0]) < len(splits[0])        # the same hold-out set
+    vals = [set(d.image_id[d.split == 'val']) for d in splits]
+    assert all(v and not (v & tests[0]) for v in vals)
+    rest = set(splits[0].image_id) - tests[0]
+    assert set().union(*vals) == rest and sum(map(len, vals)) == len(rest)                 # five disjoint val folds
+    pid = splits[0].set_index('image_id').patient_id
+    assert not ({pid[i] for i in tests[0]} & {pid[i] for i in rest})                        # patient-level
