@@ -82,16 +82,16 @@ def bernoulli_kl(student_logits:torch.Tensor, # (B, C, H, W) student logits z
     return _reduce(kl.clamp(min=0), reduction)
 
 # %% ../nbs/07_losses.ipynb #8e884698
-def soft_focal_loss(logits:torch.Tensor,       # (B, C, H, W) student logits z
-                    soft_targets:torch.Tensor, # (B, C, H, W) soft targets q in [0, 1]
-                    gamma:float=2.0,           # focusing parameter
-                    alpha:float|None=None,     # optional positive/negative balance (None: off)
-                    reduction:str='mean',      # 'mean', 'image', 'sum' or 'none'
+def soft_focal_loss(logits:torch.Tensor,  # (B, C, H, W) maps or (B, anchors, C) dense outputs: student logits z, q = sigmoid(z)
+                    target:torch.Tensor,  # the same shape: the teacher's probabilities q_t in [0, 1]
+                    alpha:float=0.9,      # weight slope: (alpha * q_t + epsilon)
+                    epsilon:float=0.05,   # weight floor
+                    gamma:float=2.0,      # exponent of the disagreement |q_t - q|
+                    reduction:str='mean', # 'mean', 'image' (means over the last two axes), 'sum' or 'none'
                    )->torch.Tensor:
-    "Soft focal loss (OXnet eq. 8): |q - p|^gamma * BCE(z, q), from logits."
-    _check(logits, soft_targets, 'soft_focal_loss')
-    q = soft_targets.detach().to(logits.dtype).clamp(0, 1)
-    bce = F.binary_cross_entropy_with_logits(logits, q, reduction='none')
-    loss = (q - torch.sigmoid(logits)).abs().pow(gamma) * bce
-    if alpha is not None: loss = loss * (alpha * q + (1 - alpha) * (1 - q))
+    "OXnet eq. 8: (alpha q_t + epsilon) |q_t - q|^gamma BCE(q, q_t), from logits."
+    _check(logits, target, 'soft_focal_loss')
+    qt = target.detach().to(logits.dtype).clamp(0, 1)
+    bce = F.binary_cross_entropy_with_logits(logits, qt, reduction='none')
+    loss = (alpha * qt + epsilon) * (qt - torch.sigmoid(logits)).abs().pow(gamma) * bce
     return _reduce(loss, reduction)

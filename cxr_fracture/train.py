@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['METHODS', 'TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'TrainConfig', 'DistInfo', 'resolve_device',
-           'init_distributed', 'step_seed', 'seed_all', 'rng_state', 'set_rng_state', 'save_atomic', 'load_checkpoint',
-           'check_resume_config', 'pair_weights', 'sup_loss', 'distill_loss', 'combine_losses', 'register_method',
-           'method_defaults', 'compose_theta', 'Method', 'Supervised', 'EMATeacherMethod', 'MeanTeacher', 'AALS',
-           'Symmetric', 'PiModel', 'TemporalEnsembling', 'DynamicSharpening', 'DynamicEMA', 'DynamicConst',
-           'model_stride', 'load_data', 'make_dataset', 'resolved_losses', 'stage1_config', 'stage1_folder', 'FileLock',
-           'evaluate', 'rampup', 'train', 'load_trained', 'read_log', 'plot_log', 'add_cli']
+__all__ = ['TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'TrainConfig', 'DistInfo', 'resolve_device', 'init_distributed',
+           'step_seed', 'seed_all', 'rng_state', 'set_rng_state', 'save_atomic', 'load_checkpoint',
+           'check_resume_config', 'pair_weights', 'sup_loss', 'distill_loss', 'combine_losses', 'MapMethod',
+           'Supervised', 'EMATeacherMethod', 'MeanTeacher', 'AALS', 'Symmetric', 'PiModel', 'TemporalEnsembling',
+           'DynamicSharpening', 'DynamicEMA', 'DynamicConst', 'model_stride', 'load_data', 'make_dataset',
+           'resolved_losses', 'stage1_config', 'stage1_folder', 'FileLock', 'evaluate', 'train', 'load_trained',
+           'read_log', 'plot_log', 'add_cli']
 
 # %% ../nbs/09_train.ipynb #ce29eb43
 from .io import progress_bar
@@ -29,10 +29,12 @@ from .data import FractureDataset, MixedBatchSampler, Augment, warp_map, invert_
 from .sharpen import aals, dynamic_sharpen, dynamic_params, symmetric_sharpen
 from .losses import pixel_bce, weighted_bce, bernoulli_kl, sample_class_weights
 from .teacher import EMATeacher, TemporalEnsemble, teacher_map, pi_model_target, unwrap, logits_of
-from .metrics import image_auroc, pixel_froc, component_froc
+from .metrics import image_auroc, pixel_froc, component_froc, paint_boxes
+from .detectors import build_network
+from .methods import METHODS, Method, register_method, method_defaults, compose_theta, rampup
+from . import baselines  # registers chexnet, retinanet, fcos and OXnet's methods into METHODS
 
 # %% ../nbs/09_train.ipynb #063b760e
-METHODS = {}  # method name -> its Method class (filled by `register_method` below)
 TEMPLATE_ONLY = ('n_bootstrap', 'resume')  # papermill parameters of the notebook run that are not training settings
 
 @dataclass
@@ -58,10 +60,14 @@ class TrainConfig:
     weights:str|None = None         # backbone weights: None (random), 'imagenet' (local torchvision file) or a path
     size:int = DEMO_SIZE            # square input side in pixels, letterboxed (papers: 1024)
     stride:int|None = None          # override the configuration's output stride (4 or 8)
+    anchor_size:float|None = None   # RetinaNet and OXnet: P3 anchor side in pixels (None: 32 x size / 800, torchvision's ratio); paper: silent
+    chexnet_net:str = 'resnet'      # chexnet: 'resnet' (the backbone of `model`, as both papers ran it) or 'densenet121' (CheXNet itself)
+    cam_norm:str = 'sigmoid'        # chexnet: its CAM as a map, 'sigmoid' or 'minmax' (per image); papers: silent
     # optimisation
     batch_size:int = 8              # images per step per process (AALS: 48; dynamic sharpening: 32)
     lr:float = 4e-5                 # Adam learning rate (papers: 4e-5)
     weight_decay:float = 1e-4       # Adam weight decay (papers: 1e-4)
+    grad_clip:float|None = None     # clip the gradient's global norm at this value (None: off; papers: silent; mmdetection's RetinaNet: 35)
     scheduler:str = 'none'          # 'none' (papers: none stated), 'cosine' (per stage, per step) or 'step' (x0.1 at 2/3 of a stage)
     epochs_stage1:int = 2           # supervised pre-training epochs on R and N (0 with init: start from init)
     epochs_stage2:int = 2           # the method's epochs (AALS: 25; dynamic sharpening: 30)
@@ -82,8 +88,16 @@ class TrainConfig:
     a0:float = 4.0                  # AALS largest sharpening strength a0 (eq. 7; paper: 4)
     a:float = 4.0                   # dynamic_const: the constant strength a (dynamic-sharpening Table 2: 4 or 6)
     temperature:float = 0.5         # symmetric (MixMatch temperature) sharpening T
-    alpha:float = 0.999             # EMA decay of the Mean Teacher (AALS eq. 2: 0.999)
+    alpha:float|None = None         # EMA decay of a Mean Teacher (None: the method's paper's, AALS eq. 2 0.999, OXnet 0.99)
     te_alpha:float = 0.6            # Temporal Ensembling momentum (Laine & Aila: 0.6)
+    gpa_beta:float = 0.7            # OXnet eq. 5: prototype momentum beta (paper: 0.7, and 0 at the first step)
+    gpa_delta:float = 1.0           # OXnet eq. 6: inter-class margin delta (paper: 1)
+    gpa_pairs:str = 'positive'      # OXnet eq. 5-6 over the images labelled positive for the class, or 'all' (literal); paper: silent
+    gpa_distance:str = 'mean'       # OXnet eq. 6 squared distance: 'mean' over feature dimensions or 'sum' (the literal squared norm); paper: silent
+    sfl_alpha:float = 0.9           # OXnet eq. 8: weight slope alpha (paper: 0.9)
+    sfl_epsilon:float = 0.05        # OXnet eq. 8: weight floor epsilon (paper: 0.05)
+    sfl_gamma:float = 2.0           # OXnet eq. 8: disagreement exponent gamma (paper: 2)
+    sfl_norm:str = 'teacher_mass'   # OXnet eq. 8 per image: sum over anchors / max(1, teacher mass) or 'anchors' (mean); paper: silent
     self_teacher_bn:str = 'eval'    # the network's own target pass (dynamic, Temporal Ensembling): BatchNorm 'eval' (running statistics) or 'train'; paper: silent
     init:str|None = None            # a model.pt to start stage 2 from (stage 1 is then not trained)
     stage1_dir:str|None = None      # shared stage-1 models, one folder per stage-1 setting (None: OUT/../stage1)
@@ -123,7 +137,9 @@ class TrainConfig:
         if isinstance(self.classes, str): self.classes = [c.strip() for c in self.classes.split(',') if c.strip()] or None
         choices = dict(method=list(METHODS), model=list(MODEL_CONFIGS), scheduler=['cosine', 'step', 'none'],
                        loss_form=['sum', 'mean'], sup_loss=[None, 'bce', 'wbce'], consistency=[None, 'kl', 'mse'],
-                       p_negative=['zero', 'none'], self_teacher_bn=['eval', 'train'], split_scheme=['folds', 'holdout'])
+                       p_negative=['zero', 'none'], self_teacher_bn=['eval', 'train'], split_scheme=['folds', 'holdout'],
+                       chexnet_net=['resnet', 'densenet121'], cam_norm=['sigmoid', 'minmax'], sfl_norm=['teacher_mass', 'anchors'],
+                       gpa_pairs=['positive', 'all'], gpa_distance=['mean', 'sum'])
         for k, ok in choices.items():
             if getattr(self, k) not in ok: raise ValueError(f'{k}={getattr(self, k)!r} is not one of {ok}')
         if self.p_fraction is not None and not 0 <= self.p_fraction < 1: raise ValueError(f'p_fraction must be None or lie in [0, 1), got {self.p_fraction}')
@@ -314,65 +330,40 @@ def combine_losses(sup:torch.Tensor, sup_w:torch.Tensor, # (B,C) supervised loss
     return ls + lam * ld, ls, ld
 
 # %% ../nbs/09_train.ipynb #cc9afe30
-def register_method(cls:type)->type:
-    "Class decorator: add a Method subclass to METHODS under its `name`."
-    if not cls.name: raise ValueError(f'{cls.__name__} has no name')
-    METHODS[cls.name] = cls
-    return cls
-
-def method_defaults(name:str)->dict:
-    "A method's own settings: distills, uses_labels, sup_loss, consistency, paper."
-    M = METHODS[name]
-    return dict(distills=M.distills, uses_labels=M.uses_labels, sup_loss=M.sup_loss, consistency=M.consistency, paper=M.paper)
-
-def compose_theta(a:torch.Tensor, # (...,2,3) applied first by warp_map
-                  b:torch.Tensor, # (...,2,3) applied second
-                 )->torch.Tensor:
-    "The one affine with warp_map(p, compose_theta(a, b)) == warp_map(warp_map(p, a), b)."
-    def to3(t):
-        bottom = torch.zeros(t.shape[:-2] + (1, 3), dtype=t.dtype, device=t.device); bottom[..., 0, 2] = 1
-        return torch.cat([t, bottom], -2)
-    return (to3(a.double()) @ to3(b.double()))[..., :2, :].to(a.dtype)
-
-class Method:
-    "A training method: what stage 2 adds to the supervised loss (hooks in the table above)."
-    name = ''             # registry key (TrainConfig.method)
-    paper = ''            # where it is defined
-    distills = True       # False: no stage 2 (the supervised arm is the stage-1 model)
-    uses_labels = True    # distil only a P image's positive classes (AALS, dynamic); False: all, P as unlabeled (baselines)
-    sup_loss = 'bce'      # its paper's supervised loss ('bce' or 'wbce')
-    consistency = 'kl'    # its paper's distillation loss ('kl' or 'mse')
-
-    def __init__(self, run): self.run, self.cfg = run, run.cfg
-    def setup(self): pass
-    def epoch_start(self, epoch:int): pass
-    def observe(self, b:dict, rows:torch.Tensor): pass
-    def ready(self, b:dict)->torch.Tensor|None: return None
-    def teacher(self, b:dict, rows:torch.Tensor)->tuple: raise NotImplementedError(f'{self.name} has no teacher')
-    def sharpen(self, p:torch.Tensor, b:dict, rows:torch.Tensor)->torch.Tensor: return p
-    def after_step(self): pass
-    def epoch_end(self, epoch:int): pass
-    def log(self)->dict: return {}
-    def state_dict(self)->dict: return {}
-    def load_state_dict(self, sd:dict): pass
-
-    @torch.no_grad()
-    def target(self, b:dict, rows:torch.Tensor)->torch.Tensor:
-        "(k,C,h,w) targets of batch rows `rows` in the student's frame: warp(sharpen(teacher map))."
-        p, theta = self.teacher(b, rows)
-        return warp_map(self.sharpen(p.float(), b, rows), theta.float())
+class MapMethod(Method):
+    "A method training the map model: supervised loss on masked pairs, distillation towards its target (eq. 5)."
+    def losses(self, b:dict)->dict:
+        "The step's loss from a batch on the device: {'loss', 'loss_sup', 'loss_distill', 'n_distilled'}."
+        run, cfg = self.run, self.cfg
+        x = run.memory_format(b['image'])
+        sup_w, dis_w = pair_weights(b['labels'], b['role'], b['has_mask'], self.uses_labels, cfg.p_negative)
+        if run.stage == 1 or not self.distills: dis_w = torch.zeros_like(dis_w)
+        rows = torch.nonzero(dis_w.sum(1) > 0).flatten()
+        if len(rows): self.observe(b, rows)
+        ready = self.ready(b)
+        if ready is not None: dis_w = dis_w * ready.to(dis_w.device).float()[:, None]
+        rows = torch.nonzero(dis_w.sum(1) > 0).flatten()
+        target = self.target(b, rows) if len(rows) else None
+        with run.autocast(): logits = logits_of(run.ddp(x))
+        logits = logits.float()
+        ls = sup_loss(run.sup_kind, logits, b['masks'], b['labels'], run.alpha_l, cfg.alpha_r, cfg.pos_weight)
+        ld = logits.new_zeros(ls.shape)
+        if len(rows): ld = ld.index_copy(0, rows, distill_loss(run.dis_kind, logits[rows], target))
+        lam = cfg.distill_weight * rampup(run.epoch, cfg.rampup_epochs)
+        loss, l_sup, l_semi = combine_losses(ls, sup_w, ld, dis_w, cfg.loss_form, lam)
+        return {'loss': loss, 'loss_sup': l_sup.detach(), 'loss_distill': l_semi.detach(), 'n_distilled': int((dis_w.sum(1) > 0).sum())}
 
 # %% ../nbs/09_train.ipynb #9007b39d
 @register_method
-class Supervised(Method):
+class Supervised(MapMethod):
     "Supervised pre-training only (AALS eq. 1 / dynamic sharpening Sec. 2.1): the stage-1 model."
     name, paper, distills = 'supervised', 'AALS Sec. 2.1; dynamic sharpening Sec. 2.1', False
 
 # %% ../nbs/09_train.ipynb #5cf44352
-class EMATeacherMethod(Method):
+class EMATeacherMethod(MapMethod):
     "A method whose teacher is the EMA of the student (AALS eq. 2)."
     def setup(self):
-        super().setup(); self.ema = EMATeacher(self.run.model, alpha=self.cfg.alpha)
+        super().setup(); self.ema = EMATeacher(self.run.model, alpha=self.alpha)
     def teacher(self, b, rows): return self.run.maps(self.ema, b['image_orig'][rows]), b['theta'][rows]
     def after_step(self): super().after_step(); self.ema.update(self.run.model)
     def state_dict(self): return {**super().state_dict(), 'ema': self.ema.state_dict()}
@@ -397,7 +388,7 @@ class Symmetric(EMATeacherMethod):
 
 # %% ../nbs/09_train.ipynb #1059013e
 @register_method
-class PiModel(Method):
+class PiModel(MapMethod):
     "Pi-model (Laine & Aila 2017): the network's own map on a second random view, moved into the student's frame."
     name, paper, uses_labels, consistency = 'pi_model', 'Laine & Aila, ICLR 2017 (AALS Table 1)', False, 'mse'
     def teacher(self, b, rows):
@@ -411,7 +402,7 @@ class PiModel(Method):
 
 # %% ../nbs/09_train.ipynb #4ae2a62b
 @register_method
-class TemporalEnsembling(Method):
+class TemporalEnsembling(MapMethod):
     "Temporal Ensembling (Laine & Aila 2017) as the dynamic-sharpening paper ran it: undisturbed outputs accumulated per epoch."
     name, paper, uses_labels, consistency = 'temporal_ensemble', 'Laine & Aila, ICLR 2017; dynamic sharpening Sec. 3.1', False, 'mse'
     def setup(self):
@@ -447,11 +438,11 @@ class TemporalEnsembling(Method):
         self.ens.load_state_dict(sd['ensemble']); self.zsum.copy_(sd['zsum']); self.zn.copy_(sd['zn'])
 
 # %% ../nbs/09_train.ipynb #da8e2c17
-class _SelfTeacher(Method):
+class _SelfTeacher(MapMethod):
     "The network is its own teacher: its no-grad map of the un-augmented image."
     def teacher(self, b, rows): return self.run.self_maps(b['image_orig'][rows]), b['theta'][rows]
 
-class _DynamicRule(Method):
+class _DynamicRule(MapMethod):
     "DS(y) with (t, a) from the median image score m of the training P images, set at every epoch start."
     sup_loss = 'wbce'
     def setup(self): super().setup(); self.dyn = {'m': None, 't': None, 'a': None}
@@ -569,7 +560,8 @@ def make_dataset(cfg:TrainConfig, # the run's configuration
 
 # %% ../nbs/09_train.ipynb #a6338248
 STAGE2_FIELDS = ('method', 'loss_form', 'p_fraction', 'distill_weight', 'consistency', 'p_negative', 'rampup_epochs',
-                 't', 'a0', 'a', 'temperature', 'alpha', 'te_alpha', 'self_teacher_bn', 'epochs_stage2', 'init')  # do not change stage 1
+                 't', 'a0', 'a', 'temperature', 'alpha', 'te_alpha', 'self_teacher_bn', 'epochs_stage2', 'init',
+                 'gpa_beta', 'gpa_delta', 'gpa_pairs', 'gpa_distance', 'sfl_alpha', 'sfl_epsilon', 'sfl_gamma', 'sfl_norm')  # do not change stage 1
 
 def resolved_losses(cfg:TrainConfig)->tuple:
     "(supervised loss, distillation loss) of a run: the config's, else its method's paper's."
@@ -580,7 +572,7 @@ def stage1_config(cfg:TrainConfig)->TrainConfig:
     "The configuration of the stage-1 run an arm starts from; its folder is keyed by a hash of its fields but RESUME_FREE."
     d = cfg.to_dict(); base = TrainConfig().to_dict()
     for k in STAGE2_FIELDS: d[k] = base[k]
-    d.update(method='supervised', sup_loss=resolved_losses(cfg)[0], epochs_stage2=0, stage1_dir=None)
+    d.update(method=METHODS[cfg.method].stage1_method or cfg.method, sup_loss=resolved_losses(cfg)[0], epochs_stage2=0, stage1_dir=None)
     if cfg.data == 'phantom': d['root'] = str(_phantom_root(cfg).resolve())
     else: d['data'] = str(Path(cfg.data).resolve())
     if not cfg.cache: d['cache'] = str(((Path(d['root']) if cfg.data == 'phantom' else Path(cfg.out))/f'cache_{cfg.size}').resolve())
@@ -615,7 +607,7 @@ def _map_boxes(item:dict, stride:int, classes:list)->dict:
     return {c: b[k == j] for j, c in enumerate(classes)}
 
 @torch.no_grad()
-def evaluate(model:nn.Module,      # a FractureFPN (or any net giving per-class logit maps)
+def evaluate(model:nn.Module,      # a FractureFPN (or any net giving logit maps), or a network with `predict` (05a_detectors)
              dataset:FractureDataset, # a data set without augmentation (e.g. `make_dataset(cfg, 'val')`)
              batch_size:int=16,    # images per forward pass
              device:str|torch.device|None=None, # default: the model's device
@@ -624,19 +616,26 @@ def evaluate(model:nn.Module,      # a FractureFPN (or any net giving per-class 
              limit:int|None=None,  # evaluate at most this many images
              return_maps:bool=False, # keep the probability maps (N, C, h, w) and boxes in the result
             )->dict:
-    "Per-class image AUROC (score = max of the map); optionally pixel/component FROC on localization-complete images."
+    "Per-class image AUROC (score: max of the map, or the network's own); optionally pixel/component FROC on localization-complete images."
     net = unwrap(model); was = net.training; net.eval()
     dev = torch.device(device) if device is not None else next(net.parameters()).device
     classes = list(dataset.classes)
     n = len(dataset) if limit is None else min(len(dataset), int(limit))
-    scores, labels, maps, boxes, ids = [], [], [], [], []
+    scores, labels, maps, boxes, ids, dets = [], [], [], [], [], []
+    side = dataset.size // dataset.stride
     try:
         for s in range(0, n, batch_size):
             items = [dataset[i] for i in range(s, min(n, s + batch_size))]
             x = torch.stack([it['image'] for it in items]).to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(amp) and dev.type == 'cuda'):
-                p = torch.sigmoid(logits_of(net(x)).float())
-            scores.append(image_scores(p).cpu()); labels.append(torch.stack([it['labels'] for it in items]))
+                if hasattr(net, 'predict'): o = net.predict(x, map_side=side)
+                else: p = torch.sigmoid(logits_of(net(x)).float()); o = {'scores': image_scores(p), 'maps': p}
+            if 'detections' in o:
+                dets += o['detections']
+                if o.get('maps') is None and (froc or return_maps): o['maps'] = torch.from_numpy(np.stack([
+                    np.stack([paint_boxes(d[:, :4] / dataset.stride, d[:, 4].clip(0, 1), (side, side)) for d in per]) for per in o['detections']])).float()
+            p = o.get('maps')
+            scores.append(o['scores'].float().cpu()); labels.append(torch.stack([it['labels'] for it in items]))
             ids += [it['image_id'] for it in items]
             if froc or return_maps:
                 maps.append(p.cpu()); boxes += [_map_boxes(it, dataset.stride, classes) for it in items]
@@ -652,6 +651,7 @@ def evaluate(model:nn.Module,      # a FractureFPN (or any net giving per-class 
     res['mean_auroc'] = float(np.mean(v)) if v else float('nan')
     M = torch.cat(maps).numpy() if maps else None
     if return_maps: res['maps'], res['boxes'] = M, boxes
+    if dets: res['detections'] = dets   # per image, per class (k, 5) [x1, y1, x2, y2, score] in cache pixels
     if froc:
         res['pixel_froc'], res['component_froc'] = {}, {}
         for k, c in enumerate(classes):
@@ -705,13 +705,6 @@ def _sync_buffers(model:nn.Module, di:DistInfo):
     o = 0
     for b in bufs: n = b.numel(); b.copy_(flat[o:o + n].view_as(b).to(b.dtype)); o += n
 
-def rampup(epoch:int, # the stage-2 epoch (0-based)
-           epochs:int, # ramp-up length E (0: none)
-          )->float:
-    "Laine & Aila's Gaussian ramp-up exp(-5 (1 - e/E)^2) for e < E, else 1."
-    if epochs <= 0 or epoch >= epochs: return 1.0
-    return float(math.exp(-5 * (1 - epoch / epochs) ** 2))
-
 # %% ../nbs/09_train.ipynb #722e6985
 class _Run:
     "One stage of one training run: its state (all that a checkpoint holds) and the loop over epochs and steps."
@@ -728,30 +721,21 @@ class _Run:
         roles = np.asarray(self.train_ds.roles)
         self.n_sup, self.n_p = int(np.isin(roles, [ROLE_CODE['R'], ROLE_CODE['N']]).sum()), int((roles == ROLE_CODE['P']).sum())
         if self.n_sup == 0: raise ValueError(f'{cfg.data}: no training image with role R or N for fold {cfg.fold}: nothing to supervise with')
-        self.M = METHODS['supervised' if self.stage == 1 else cfg.method](self)
+        self.M = METHODS[cfg.method if self.stage == 2 else (METHODS[cfg.method].stage1_method or cfg.method)](self)
         self.sup_kind, self.dis_kind = resolved_losses(cfg)
         self.train_has = np.stack([self.train_ds.has_mask(i) for i in range(len(self.train_ds))]).reshape(len(self.train_ds), len(self.classes))
         self.alpha_l = sample_class_weights(self.train_ds.labels, self.train_has).to(dev)
         self._plain_ds = None   # the training split un-augmented, built when a method first asks (`scores_of`)
         self.map_side = cfg.size // model_stride(cfg)
         seed_all(cfg.seed)
-        self.model = self._build_model().to(dev)
+        self.model, self.model_kwargs = self.M.build_model()
+        self.model = self.model.to(dev)
         if self.cl: self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp = self.model
         if di.distributed:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == 'cuda' else None)
         self.epoch, self.step, self.gstep = 0, 0, 0
         self.best, self.acc, self.last, self.opt, self.sched = None, {}, None, None, None
-
-    def _build_model(self):
-        cfg = self.cfg
-        kw = dict(classes=tuple(self.classes))
-        if cfg.backbone: kw['backbone'] = cfg.backbone
-        if cfg.stride: kw['stride'] = cfg.stride
-        if cfg.weights: kw['weights'] = cfg.weights
-        self.model_kwargs = {**MODEL_CONFIGS[cfg.model], **kw, 'classes': list(self.classes)}
-        self.model_kwargs.pop('weights', None)
-        return build_model(cfg.model, **kw)
 
     def autocast(self): return torch.autocast(self.di.device.type, dtype=torch.bfloat16, enabled=self.amp)
     def memory_format(self, x): return x.contiguous(memory_format=torch.channels_last) if self.cl else x
@@ -802,8 +786,8 @@ def _sampler(self:_Run, epoch:int)->MixedBatchSampler:
     kw = dict(batch_size=cfg.batch_size, seed=step_seed(cfg.seed, self.stage), rank=di.rank, world_size=di.world)
     if cfg.pos_fraction is not None: kw.update(positives=self.train_ds.positives, pos_fraction=cfg.pos_fraction)
     roles = self.train_ds.roles
-    if self.stage == 1 or not self.M.distills or self.n_p == 0: s = MixedBatchSampler(roles, p_fraction=0.0, **kw)
-    else: s = MixedBatchSampler(roles, p_fraction=self.p_share(), **kw)
+    use_p = (self.M.distills if self.stage == 2 else self.M.p_in_stage1) and self.n_p > 0
+    s = MixedBatchSampler(roles, p_fraction=self.p_share() if use_p else 0.0, **kw)
     s.set_epoch(epoch)
     return s
 
@@ -841,32 +825,17 @@ def _setup(self:_Run):
 # %% ../nbs/09_train.ipynb #ac4a99e9
 @_patch
 def _train_step(self:_Run, b:dict)->dict:
-    cfg, M = self.cfg, self.M
-    x = self.memory_format(b['image'])
-    sup_w, dis_w = pair_weights(b['labels'], b['role'], b['has_mask'], M.uses_labels, cfg.p_negative)
-    if self.stage == 1 or not M.distills: dis_w = torch.zeros_like(dis_w)
-    rows = torch.nonzero(dis_w.sum(1) > 0).flatten()
-    if len(rows): M.observe(b, rows)
-    ready = M.ready(b)
-    if ready is not None: dis_w = dis_w * ready.to(dis_w.device).float()[:, None]
-    rows = torch.nonzero(dis_w.sum(1) > 0).flatten()
-    target = M.target(b, rows) if len(rows) else None
     self.ddp.train()
-    with self.autocast(): logits = logits_of(self.ddp(x))
-    logits = logits.float()
-    ls = sup_loss(self.sup_kind, logits, b['masks'], b['labels'], self.alpha_l, cfg.alpha_r, cfg.pos_weight)
-    ld = logits.new_zeros(ls.shape)
-    if len(rows): ld = ld.index_copy(0, rows, distill_loss(self.dis_kind, logits[rows], target))
-    lam = cfg.distill_weight * rampup(self.epoch, cfg.rampup_epochs)
-    loss, l_sup, l_semi = combine_losses(ls, sup_w, ld, dis_w, cfg.loss_form, lam)
+    r = self.M.losses(b)
     self.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    r['loss'].backward()
+    if self.cfg.grad_clip: torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
     self.opt.step(); self.sched.step()
     _sync_buffers(self.model, self.di)
-    M.after_step()
-    n = x.shape[0]
-    return {'loss': float(loss.detach()) * n, 'loss_sup': float(l_sup.detach()) * n, 'loss_distill': float(l_semi.detach()) * n,
-            'n': n, 'n_distilled': int((dis_w.sum(1) > 0).sum())}
+    self.M.after_step()
+    n = b['image'].shape[0]
+    return {'loss': float(r['loss'].detach()) * n, 'loss_sup': float(r['loss_sup']) * n, 'loss_distill': float(r['loss_distill']) * n,
+            'n': n, 'n_distilled': int(r['n_distilled'])}
 
 # %% ../nbs/09_train.ipynb #ff0145cc
 @_patch
@@ -906,7 +875,7 @@ def _end_epoch(self:_Run, epoch:int):
     a, W = self.acc, self.di.world
     v = self.validate()
     n = max(1, a['n'])
-    rec = {'stage': self.stage, 'epoch': epoch + 1, 'global_step': self.gstep, 'method': self.cfg.method if self.stage == 2 else 'supervised',
+    rec = {'stage': self.stage, 'epoch': epoch + 1, 'global_step': self.gstep, 'method': self.M.name,
            'loss': a['loss'] / n, 'loss_sup': a['loss_sup'] / n, 'loss_distill': a['loss_distill'] / n,
            'distilled_images': a['n_distilled'] * W,
            'val_auroc': v['auroc'], 'val_mean_auroc': v['mean_auroc'], 'lr': self.opt.param_groups[0]['lr'],
@@ -987,7 +956,7 @@ def _run(self:_Run, resume:bool=False)->dict:
             shutil.copy(self.stage1_log, self.out/'metrics_log.jsonl')
     if ck is None and self.init:
         init = load_checkpoint(self.init)
-        unwrap(self.model).load_state_dict(init['model'] if 'model' in init else init)
+        self.M.load_init(unwrap(self.model), init['model'] if 'model' in init else init)
     self.setup()
     if ck is not None: self.load(ck)
     E = cfg.epochs_stage1 if self.stage == 1 else cfg.epochs_stage2
@@ -1043,11 +1012,9 @@ def train(cfg:TrainConfig|dict, # the run's settings (a dict goes through TrainC
 def load_trained(path:str|Path, # a model.pt written by `train`
                  device:str|torch.device='cpu', # where to put the model
                 )->nn.Module:
-    "Rebuild the FractureFPN saved in a trainer's model.pt (weights_only load), in eval mode."
+    "Rebuild the network saved in a trainer's model.pt (map model, classifier or detector; weights_only load), in eval mode."
     ck = load_checkpoint(path)
-    kw = dict(ck['model_kwargs']); kw['classes'] = tuple(kw['classes'])
-    from cxr_fracture.model import FractureFPN
-    net = FractureFPN(**{k: v for k, v in kw.items() if k != 'weights'})
+    net = build_network(ck['model_kwargs'])
     net.load_state_dict(ck['model'])
     return net.to(device).eval()
 

@@ -9,7 +9,7 @@ LOSSES = {
     'weighted_bce': lambda z, y, **k: weighted_bce(z, y, AL.to(z.dtype), **k),
     'bernoulli_kl': lambda z, y, **k: bernoulli_kl(z, y, **k),
     'soft_focal_loss': lambda z, y, **k: soft_focal_loss(z, y, **k),
-    'soft_focal_alpha': lambda z, y, **k: soft_focal_loss(z, y, gamma=1.5, alpha=0.25, **k),
+    'soft_focal_alpha': lambda z, y, **k: soft_focal_loss(z, y, gamma=1.5, alpha=0.25, epsilon=0.3, **k),
 }
 
 
@@ -19,8 +19,8 @@ def naive(name, z, q):
     if name == 'pixel_bce': return bce
     if name == 'weighted_bce': return AL.to(z.dtype)[:, None, None] * (1 + 9 * q) * bce
     if name == 'bernoulli_kl': return q * (q / p).log() + (1 - q) * ((1 - q) / (1 - p)).log()
-    if name == 'soft_focal_loss': return (q - p).abs() ** 2 * bce
-    if name == 'soft_focal_alpha': return (q - p).abs() ** 1.5 * bce * (0.25 * q + 0.75 * (1 - q))
+    if name == 'soft_focal_loss': return (0.9 * q + 0.05) * (q - p).abs() ** 2 * bce   # OXnet eq. 8
+    if name == 'soft_focal_alpha': return (0.25 * q + 0.3) * (q - p).abs() ** 1.5 * bce
 
 
 @pytest.fixture
@@ -87,14 +87,28 @@ def test_kl_properties(zq):
 
 
 def test_soft_focal_is_focal_loss_on_hard_targets():
+    """On 0/1 targets eq. 8 is the focal loss with weight alpha+epsilon on positives, epsilon on negatives:
+    torchvision's sigmoid_focal_loss at alpha' when alpha = 2 alpha' - 1 and epsilon = 1 - alpha'."""
     from torchvision.ops import sigmoid_focal_loss
     g = torch.Generator().manual_seed(1)
     z = torch.randn(2, 2, 4, 4, generator=g)
     y = (torch.rand(2, 2, 4, 4, generator=g) > 0.7).float()
-    torch.testing.assert_close(soft_focal_loss(z, y, alpha=0.25, reduction='none'),
-                               sigmoid_focal_loss(z, y, alpha=0.25, gamma=2.0, reduction='none'))
-    torch.testing.assert_close(soft_focal_loss(z, y, reduction='none'), sigmoid_focal_loss(z, y, alpha=-1, reduction='none'))
-    torch.testing.assert_close(soft_focal_loss(z, y, gamma=0.0), pixel_bce(z, y))
+    torch.testing.assert_close(soft_focal_loss(z, y, reduction='none'), sigmoid_focal_loss(z, y, alpha=0.95, gamma=2.0, reduction='none'))
+    torch.testing.assert_close(soft_focal_loss(z, y, alpha=0.5, epsilon=0.25, reduction='none'),
+                               sigmoid_focal_loss(z, y, alpha=0.75, gamma=2.0, reduction='none'))
+    torch.testing.assert_close(soft_focal_loss(z, y, alpha=0.0, epsilon=1.0, gamma=0.0), pixel_bce(z, y))
+
+
+def test_soft_focal_eq8_on_anchor_outputs():
+    "Detector layout (B, anchors, C): eq. 8 element by element, and the loss vanishes where student and teacher agree."
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(3, 50, 2, generator=g, dtype=torch.float64)
+    qt = torch.rand(3, 50, 2, generator=g, dtype=torch.float64)
+    q = torch.sigmoid(z)
+    ref = (0.9 * qt + 0.05) * (qt - q).abs() ** 2 * -(qt * q.log() + (1 - qt) * (1 - q).log())
+    torch.testing.assert_close(soft_focal_loss(z, qt, reduction='none'), ref)
+    torch.testing.assert_close(soft_focal_loss(z, qt, reduction='sum'), ref.sum())
+    assert float(soft_focal_loss(z, torch.sigmoid(z), reduction='sum')) < 1e-20
 
 
 def test_weighted_bce():
