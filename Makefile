@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test check-clean nbtest pytest bench lab
+.PHONY: install demo test check-clean nbtest pytest bench lab notebooks
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ pytest:
 ## figures that the README and notebooks quote (not run by CI); BENCH_ARGS=--all adds the long ones (science, FracAtlas)
 bench: install
 	$(BIN)/python tests/benchmarks/run_all.py $(BENCH_ARGS)
+
+## re-execute the notebooks in place (fixed seeds) so that their figures and tables match the code, then nbdev_clean;
+## NOTEBOOKS="nbs/06_sharpen.ipynb ..." runs only those
+NOTEBOOKS ?= $(wildcard nbs/*.ipynb)
+notebooks: install
+	$(BIN)/python tools/run_notebooks.py $(NOTEBOOKS)
 
 lab: install
 	$(BIN)/jupyter lab nbs

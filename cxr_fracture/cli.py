@@ -16,9 +16,12 @@ COMMANDS = {  # subcommand -> (module that registers it, one-line help)
     'preprocess':     ('io', 'convert a manifest\'s images into one memory-mapped cache'),
     'mine-labels':    ('mining',   'mine image-level fracture labels from clinical records'),
     'train':          ('train',    'train one method on a manifest or the phantom (no papermill)'),
+    'predict':        ('infer',    'run a trained model on radiographs: scores, regions, heat-map overlays'),
+    'export':         ('infer',    'export a trained model to ONNX or TorchScript, checked against PyTorch'),
     'run':            ('experiments', 'run the papermill training template with a preset'),
     'sweep':          ('experiments', 'expand a grid of runs (sequential, per GPU, or a Slurm array)'),
     'demo':           ('experiments', 'the main job: phantom, then supervised / Mean Teacher / AALS / dynamic'),
+    'bench':          ('bench',    'images/s of the training step per speed variant, the loader, the evaluation'),
 }
 
 # %% ../nbs/13_cli.ipynb #8b832457

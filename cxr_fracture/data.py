@@ -216,6 +216,10 @@ class FractureDataset(torch.utils.data.Dataset):
         if self.cache is not None:
             idx = self.cache.index.set_index('image_id')
             ok = []
+            pending = [iid for iid in df['image_id'].astype(str) if iid in idx.index and str(idx.at[iid, 'status']) == 'pending']
+            if pending:   # an unfinished cache: its pending rows are zeros, not images
+                raise ValueError(f'the cache {getattr(self.cache, "out", "")} is unfinished: {len(pending)} image(s) of this split not '
+                                 f'processed yet (e.g. {pending[0]}); rerun `cxr-fracture preprocess` with the same arguments to finish it')
             for iid in df['image_id'].astype(str):
                 if iid not in idx.index: ok.append(False); excluded.append((iid, 'not in the cache (rebuild it with cxr-fracture preprocess)'))
                 elif str(idx.at[iid, 'status']) != 'ok': ok.append(False); excluded.append((iid, f"unreadable in the cache: {idx.at[iid, 'reason']}"))
@@ -230,6 +234,12 @@ class FractureDataset(torch.utils.data.Dataset):
             if size is None: raise ValueError('without a cache, give size= (the letterboxed image side, e.g. 512)')
             if 'path' not in df.columns: raise ValueError(f"{where} has no 'path' column, needed to read images without a cache")
             self.size, self.root = int(size), xio.data_root(root)
+            ok = []
+            for iid, p in zip(df['image_id'].astype(str), df['path']):   # the one path rule of `io.path_fault`: inside the root only
+                why = xio.path_fault(p)
+                ok.append(why is None)
+                if why: excluded.append((iid, f'{why}; refused: a manifest names files inside the data root only'))
+            df = df[np.asarray(ok, bool)].reset_index(drop=True)
         if self.size % stride: raise ValueError(f'image size {self.size} is not a multiple of the stride {stride}')
         self.excluded = pd.DataFrame(excluded, columns=['image_id', 'reason'])
         if len(excluded):
@@ -282,8 +292,7 @@ class FractureDataset(torch.utils.data.Dataset):
         "The letterboxed image (S,S float32) and its transform dict for item `i`."
         if self.cache is not None: return self.cache.get(self.image_ids[i])
         from cxr_fracture import io as xio
-        p = Path(str(self.df['path'].iat[i]))
-        img, _ = xio.read_xray(p if p.is_absolute() else self.root / p)
+        img, _ = xio.read_xray(xio.resolve_in_root(self.root, str(self.df['path'].iat[i])))
         return xio.letterbox(img, self.size)
 
     def has_mask(self, i:int)->np.ndarray:
@@ -441,11 +450,12 @@ def show_batch(batch:dict, # a collated batch (from `collate`)
                size:float=3., # inches per image
               ):
     "Images with mask overlays and (warped) boxes; returns the matplotlib Figure."
-    import matplotlib.pyplot as plt
+    import matplotlib
     from matplotlib.patches import Polygon
+    from cxr_fracture.figures import subplots
     n = min(n, len(batch['image'])); ncols = min(ncols, n); nrows = math.ceil(n / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
-    colors = plt.get_cmap('tab10').colors
+    fig, axs = subplots(nrows, ncols, figsize=(size * ncols, size * nrows), layout=None, squeeze=False)
+    colors = matplotlib.colormaps['tab10'].colors
     for a in axs.flat: a.axis('off')
     for j in range(n):
         ax = axs.flat[j]; img = batch['image'][j, 0].float().cpu().numpy(); S = img.shape[-1]

@@ -106,10 +106,11 @@ def show_cam(net:CheXNet,            # a CheXNet (eval mode)
              ncols:int=4,
             ):
     "Figure: images with the class's CAM (per `net.cam_norm`) over them and the image score in each title."
-    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from cxr_fracture.figures import subplots
     out = net.predict(x, map_side=x.shape[-1])
     n = x.shape[0]; rows = (n + ncols - 1) // ncols
-    fig, axs = plt.subplots(rows, ncols, figsize=(2.6 * ncols, 2.6 * rows), squeeze=False)
+    fig, axs = subplots(rows, ncols, figsize=(2.6 * ncols, 2.6 * rows), layout=None, squeeze=False)
     for k, ax in enumerate(axs.flat):
         ax.set_axis_off()
         if k >= n: continue
@@ -117,7 +118,7 @@ def show_cam(net:CheXNet,            # a CheXNet (eval mode)
         ax.imshow(out['maps'][k, cls].cpu(), cmap='jet', alpha=0.35, vmin=0, vmax=1)
         for b in (boxes[k] if boxes is not None else []):
             x1, y1, x2, y2 = [float(v) for v in b]
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec='lime', lw=1))
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec='lime', lw=1))
         ax.set_title(f'{net.classes[cls]}: {float(out["scores"][k, cls]):.2f}', fontsize=8)
     fig.tight_layout()
     return fig

@@ -6,8 +6,8 @@
 __all__ = ['PATH_PARAMS', 'KEYWORDS', 'GRID_KEYS', 'DATA_PARAMS', 'COCO_COLS', 'METRIC_COLS', 'COCO_METRIC_COLS', 'DEMO_METHODS',
            'experiments_dir', 'template_parameters', 'load_preset', 'parse_value', 'resolve_params', 'RunFailed',
            'run_experiment', 'start_attempt', 'end_attempt', 'expand_grid', 'slurm_script', 'prepare_data', 'sweep',
-           'collect_runs', 'comparison_table', 'froc_points', 'plot_froc_curves', 'demo', 'format_comparison',
-           'add_cli']
+           'collect_runs', 'comparison_table', 'froc_points', 'plot_froc_curves', 'EpochProgress', 'demo',
+           'format_comparison', 'add_cli']
 
 # %% ../nbs/12_experiments.ipynb #9a068fc7
 import ast, itertools, json, os, subprocess, sys, time
@@ -111,7 +111,8 @@ def run_experiment(preset:str|Path='test', # preset name or YAML path
     nb_out = out/'train.ipynb'
     try:
         pm.execute_notebook(str(experiments_dir()/'train.ipynb'), str(nb_out), parameters=params,
-                            cwd=str(out), log_output=log_output, progress_bar=progress_bar, kernel_name='python3')
+                            cwd=str(out), log_output=log_output, progress_bar=progress_bar, kernel_name='python3',
+                            extra_arguments=['--IPKernelApp.log_level=ERROR'])   # no "Kernel is running over TCP without encryption"
     except pm.PapermillExecutionError as e:
         raise RunFailed(f"run in {out} failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
                         f"(the executed notebook {nb_out} shows the traceback)") from None
@@ -389,13 +390,13 @@ def plot_froc_curves(points:pd.DataFrame, # from `froc_points`
                      order=None, # the methods' order (default: as they appear)
                      band:str='sd', # 'sd': mean ± sd over runs; 'range': min to max; '': none
                     ):
-    "FROC curves, a row of axes per class (pixel FROC, component FROC): a line per method through its mean recall at each FP target over runs."
-    import matplotlib.pyplot as plt
+    "Figure: FROC curves, a row of axes per class (pixel FROC, component FROC), a line per method through its mean recall at each FP target over runs."
+    from cxr_fracture.figures import subplots
     if points.empty: raise ValueError('no FROC points (no run stored pixel_recall_at / component_recall_at)')
     classes = list(dict.fromkeys(points['cls']))
     methods = [m for m in (order or []) if m in set(points['method'])] + \
               [m for m in dict.fromkeys(points['method']) if m not in (order or [])]
-    fig, axs = plt.subplots(len(classes), 2, figsize=(10, 3.8*len(classes)), squeeze=False)
+    fig, axs = subplots(len(classes), 2, figsize=(10, 3.8*len(classes)), layout=None, squeeze=False)
     for row, c in zip(axs, classes):
         for ax, kind in zip(row, ('pixel', 'component')):
             for i, m in enumerate(methods):
@@ -413,6 +414,80 @@ def plot_froc_curves(points:pd.DataFrame, # from `froc_points`
             if ax.get_lines(): ax.legend(loc='lower right', fontsize='small')
     fig.tight_layout()
     return fig
+
+# %% ../nbs/12_experiments.ipynb #3c5f1ad7
+def _fmt_secs(s:float)->str:
+    "A duration for people: 45 s, 3 min, 1 h 05 min."
+    s = max(0, int(round(s)))
+    return f'{s} s' if s < 90 else f'{round(s / 60)} min' if s < 5400 else f'{s // 3600} h {round(s % 3600 / 60):02d} min'
+
+class EpochProgress:
+    "While a run trains elsewhere (a papermill kernel), report each epoch it logs, with the time left."
+    def __init__(self,
+                 folders:list,          # folders whose `metrics_log.jsonl` files (any depth) the run appends to
+                 epochs_stage1:int,     # epochs of stage 1, if this run trains it
+                 epochs_stage2:int,     # epochs of stage 2
+                 desc:str='',           # what is printed in front ('demo: aals')
+                 interval:float|None=2, # seconds between looks (None: only when `poll` is called)
+                 file=None,             # where to print (default: sys.stdout); a terminal gets one line rewritten
+                ):
+        self.folders, self.epochs, self.desc = [Path(f) for f in folders], {1: int(epochs_stage1), 2: int(epochs_stage2)}, desc
+        self.interval, self.file = interval, file or sys.stdout
+        self.tty = bool(getattr(self.file, 'isatty', lambda: False)())
+        self.seen, self.done, self.secs, self.lines = {}, {1: 0, 2: 0}, {1: [], 2: []}, []
+        self.known = set()   # every epoch line met: the trainer copies the stage-1 log into each run's log
+
+    def _logs(self): return [f for d in self.folders if d.is_dir() for f in d.rglob('metrics_log.jsonl')]
+    def _rows(self, f): return f.read_text().split('\n')[:-1]   # whole lines only (one may be half written)
+
+    def __enter__(self):
+        for f in self._logs():                              # epochs logged before: not this run's
+            rows = self._rows(f); self.seen[f] = len(rows); self.known.update(rows)
+        self.t_last, self._stop = time.time(), None
+        if self.interval:
+            import threading
+            self._stop = threading.Event()
+            def loop():
+                while not self._stop.wait(self.interval): self.poll()
+            self._thread = threading.Thread(target=loop, daemon=True); self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._stop is not None: self._stop.set(); self._thread.join()
+        self.poll()
+        if self.tty and self.lines: print(file=self.file, flush=True)
+
+    def left(self)->float|None:
+        "Seconds left: per stage, the epochs left times that stage's mean epoch (stage 1 only if this run trains it)."
+        mean = lambda xs: sum(xs) / len(xs) if xs else None
+        pace1 = mean(self.secs[1]); pace2 = mean(self.secs[2]) or pace1
+        n1 = self.epochs[1] - self.done[1] if self.done[1] else 0
+        if pace2 is None: return None
+        return n1 * (pace1 or 0) + (self.epochs[2] - self.done[2]) * pace2
+
+    def poll(self):
+        "Read the epochs logged since the last look and report each (stage 1's first)."
+        recs = []
+        for f in self._logs():
+            rows = self._rows(f)
+            new, self.seen[f] = rows[self.seen.get(f, 0):], len(rows)
+            for r in new:
+                if r in self.known: continue
+                self.known.add(r)
+                try: recs.append(json.loads(r))
+                except json.JSONDecodeError: continue
+        for rec in sorted(recs, key=lambda r: (int(r.get('stage', 2)), int(r.get('epoch', 0)))):
+            st = int(rec.get('stage', 2)); now = time.time()
+            self.done[st] = self.done.get(st, 0) + 1
+            self.secs.setdefault(st, []).append(now - self.t_last); self.t_last = now
+            auc = rec.get('val_mean_auroc')
+            left = self.left()
+            line = (f"{self.desc}: stage {st} epoch {rec.get('epoch', self.done[st])}/{self.epochs.get(st, '?')}"
+                    + (f', val AUROC {auc:.3f}' if isinstance(auc, (int, float)) else '')
+                    + f', {_fmt_secs(self.secs[st][-1])}/epoch' + (f', about {_fmt_secs(left)} left' if left is not None else ''))
+            self.lines.append(line)
+            if self.tty: print('\r' + line + '\033[K', end='', file=self.file, flush=True)
+            else: print(line, file=self.file, flush=True)
 
 # %% ../nbs/12_experiments.ipynb #9a0c00e5
 DEMO_METHODS = ('supervised', 'mean_teacher', 'aals', 'dynamic')
@@ -439,7 +514,11 @@ def demo(out:str|Path='demo_out', # folder for the phantom, the runs and the tab
             print(f'demo: {m}: reusing {run_out}/metrics.json'); continue
         ov = {**base, 'method': m}
         print(f'demo: training {m} ...', flush=True); t1 = time.time()
-        run_experiment(preset, ov, out=run_out, log_output=log_output)
+        pm = resolve_params(preset, ov)
+        from cxr_fracture.train import METHODS
+        with EpochProgress([run_out, Path(pm.get('stage1_dir') or out/'stage1')], pm.get('epochs_stage1', 0),
+                           pm.get('epochs_stage2', 0) if METHODS[m].distills else 0, desc=f'demo: {m}'):
+            run_experiment(preset, ov, out=run_out, log_output=log_output)
         secs[m] = time.time() - t1
         print(f'demo: {m} done in {secs[m]:.0f} s', flush=True)
     if params.get('data', 'phantom') == 'phantom' and (Path(params['root'])/'manifest.csv').exists() and not (out/'phantom_gallery.png').exists():
@@ -474,9 +553,8 @@ def format_comparison(runs:pd.DataFrame, # from `collect_runs`, one run per meth
 def _gallery(out:Path, root:str|Path|None=None):
     "The phantom's gallery (images with their boxes) as OUT/phantom_gallery.png."
     from cxr_fracture.phantom import gallery
-    import matplotlib.pyplot as plt
     fig = gallery(Path(root or out/'phantom')/'manifest.csv', n=12)
-    fig.savefig(out/'phantom_gallery.png', dpi=80, bbox_inches='tight'); plt.close(fig)
+    fig.savefig(out/'phantom_gallery.png', dpi=80, bbox_inches='tight')
     print(f"demo: phantom gallery -> {out/'phantom_gallery.png'}", flush=True)
 
 def _has_tabulate():

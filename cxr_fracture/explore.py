@@ -12,7 +12,7 @@ from .model import build_model
 from .losses import pixel_bce
 
 # %% auto #0
-__all__ = ['phantom_teacher_map']
+__all__ = ['phantom_teacher_map', 'pseudo_label_snapshots', 'pseudo_label_gallery']
 
 # %% ../nbs/09a_explore.ipynb #e1a70c06
 def phantom_teacher_map(size:int=128,    # image side (px); a multiple of 32
@@ -46,3 +46,74 @@ def phantom_teacher_map(size:int=128,    # image side (px); a multiple of 32
     finally: torch.set_num_threads(old)
     return dict(net=net, image=imgs[0], boxes=[tuple(map(float, b)) for b in boxes[0]], teacher_map=tm)
 
+
+# %% ../nbs/09a_explore.ipynb #5ff6fa70
+def _ema_weights(sd:dict)->dict:
+    "A network's state dict from an EMATeacher's (its `module.` entries)."
+    return {k[len('module.'):]: v for k, v in sd.items() if k.startswith('module.')}
+
+def pseudo_label_snapshots(cfg,               # a TrainConfig of an EMA-teacher method ('aals', 'mean_teacher', 'dynamic_ema'), scheduler 'none'
+                           epochs=(1, 2, 3),  # stage-2 epochs after which the run is looked at
+                           n:int=3,           # image-level positives (role P) shown
+                           cls:int=0,         # the class whose maps are shown
+                          )->dict:            # image_ids, images (n, S, S), boxes, epochs, maps {epoch: teacher, aals, dynamic, student (n, h, w), m, t, a}
+    "The teacher map, its AALS and dynamic labels and the student's map on a few P images, after several stage-2 epochs of one run."
+    from pathlib import Path
+    from cxr_fracture.train import TrainConfig, train, load_checkpoint, load_trained, load_data, model_stride
+    from cxr_fracture.data import FractureDataset
+    from cxr_fracture.sharpen import aals, dynamic_sharpen, dynamic_params
+    from cxr_fracture.data import ROLE_CODE
+    if cfg.scheduler != 'none':
+        raise ValueError(f"pseudo_label_snapshots: scheduler {cfg.scheduler!r} depends on the number of epochs, so a shorter run is "
+                         "not the start of a longer one; use scheduler='none'")
+    base = cfg.to_dict()
+    train(TrainConfig.from_dict({**base, 'epochs_stage2': 0, 'method': 'supervised', 'out': str(Path(cfg.out)/'stage1_only')}))  # the data and stage 1
+    df, classes, cache = load_data(cfg)                  # the training split, un-augmented, with the P images' true boxes too
+    ds = FractureDataset(df, cache=cache, size=cfg.size, stride=model_stride(cfg), classes=tuple(classes), split='train',
+                         augment=None, seed=cfg.seed, box_roles=None)
+    pos = [i for i in range(len(ds)) if int(ds.roles[i]) == ROLE_CODE['P']]
+    if not pos: raise ValueError(f'pseudo_label_snapshots: no image-level positive (role P) in the training split of {cfg.root}')
+    items = [ds[i] for i in pos]
+    x = torch.stack([it['image'] for it in items])
+    res = dict(image_ids=[ds.image_ids[i] for i in pos[:n]], images=x[:n, 0].numpy(), epochs=list(epochs), maps={},
+               boxes=[it['boxes'][it['box_classes'] == cls].numpy() for it in items[:n]])
+    for k in epochs:
+        out = Path(cfg.out)/f'epochs_{k}'
+        train(TrainConfig.from_dict({**base, 'epochs_stage2': int(k), 'out': str(out)}))
+        ck = load_checkpoint(out/'checkpoints'/'last.pt')
+        if 'ema' not in ck['method']: raise ValueError(f'pseudo_label_snapshots: method {cfg.method!r} has no EMA teacher to look at')
+        student, teacher = load_trained(out/'model.pt'), load_trained(out/'model.pt')
+        student.load_state_dict(ck['model']); teacher.load_state_dict(_ema_weights(ck['method']['ema']))
+        with torch.no_grad():
+            tm = torch.sigmoid(teacher(x))[:, cls]
+            sm = torch.sigmoid(student(x[:n]))[:, cls]
+        m = float(tm.amax(dim=(-2, -1)).median())        # the median teacher score of the training P images
+        t, a = dynamic_params(m)
+        res['maps'][k] = dict(teacher=tm[:n].numpy(), aals=aals(tm[:n], t=cfg.t, a0=cfg.a0).numpy(),
+                              dynamic=dynamic_sharpen(tm[:n], t, a).numpy(), student=sm.numpy(), m=m, t=t, a=a)
+    return res
+
+def pseudo_label_gallery(snaps:dict,        # from `pseudo_label_snapshots`
+                         panel:float=1.7,   # inches per panel
+                        ):                  # a `ShownFigure`
+    "Figure: per P image and epoch, the radiograph with its boxes, the teacher map, its AALS and dynamic labels, and the student's map."
+    from matplotlib.patches import Rectangle
+    from cxr_fracture.figures import subplots
+    n, E = len(snaps['images']), len(snaps['epochs'])
+    fig, axs = subplots(n * E, 5, figsize=(5 * panel + 0.8, n * E * panel + 0.4), squeeze=False)
+    for i in range(n):
+        S = snaps['images'][i].shape[-1]
+        for j, k in enumerate(snaps['epochs']):
+            r, mp = axs[i * E + j], snaps['maps'][k]
+            top = max(1e-3, *(float(mp[key][i].max()) for key in ('teacher', 'aals', 'dynamic', 'student')))
+            kw = dict(vmin=0, vmax=top, cmap='magma', interpolation='nearest')   # one scale per row: 0 to its largest value
+            r[0].imshow(snaps['images'][i], cmap='gray', vmin=0, vmax=1)
+            for x1, y1, x2, y2 in snaps['boxes'][i]: r[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec='lime', lw=1))
+            r[0].set_ylabel(f"{snaps['image_ids'][i]}\nepoch {k}", fontsize=7)
+            for c, key in enumerate(('teacher', 'aals', 'dynamic', 'student'), 1): r[c].imshow(mp[key][i], extent=(0, S, S, 0), **kw)
+            r[3].set_xlabel(f"m = {mp['m']:.2f}: t = {mp['t']:.2f}, a = {mp['a']:g}", fontsize=7)
+            r[1].set_xlabel(f"max {mp['teacher'][i].max():.3f}", fontsize=7); r[4].set_xlabel(f'colour: 0 to {top:.3f}', fontsize=7)
+    for c, title in enumerate(('radiograph, true boxes', 'teacher map', 'AALS label', 'dynamic label', "student's map")):
+        axs[0, c].set_title(title, fontsize=8)
+    for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
+    return fig

@@ -43,6 +43,7 @@ def parse_boxes(cell, # a `boxes` cell: JSON str, a list of dicts, '' / NaN / No
         if s == '': return []
         try: cell = json.loads(s)
         except json.JSONDecodeError as e: raise ValueError(f'boxes is not valid JSON ({e.msg} at char {e.pos}): {s[:60]!r}') from None
+        except RecursionError: raise ValueError(f'boxes is nested too deeply to be a list of boxes: {s[:60]!r}') from None
     if not isinstance(cell, (list, tuple)): raise ValueError(f'boxes must be a JSON list of objects, got {type(cell).__name__}')
     out = []
     for i, b in enumerate(cell):
@@ -72,8 +73,14 @@ def boxes_array(df_row_or_cell,  # a manifest row (with a `boxes` entry) or a `b
 
 # %% ../nbs/02_manifest.ipynb #09160806
 def _read_raw(path) -> pd.DataFrame:
-    "Every cell as str ('' for empty): what `validate_manifest` inspects."
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    "Every cell as str ('' for empty): what `validate_manifest` inspects; `ValueError` for a duplicated column name."
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    import csv
+    with open(path, newline='', encoding='utf-8', errors='replace') as f: header = next(csv.reader(f), [])
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup: raise ValueError(f'{path}: column(s) {", ".join(map(repr, dup))} appear more than once: pandas would rename the second '
+                             f'copy ({dup[0]}.1) and ignore it; keep one of each')
+    return df
 
 def _label_int(v):
     "1 / 0 / -1 / None from a cell ('1', '1.0', 1, '' ...); ValueError otherwise."
@@ -185,6 +192,29 @@ _VALUE_PATTERNS = (  # (what, regex) searched in every cell of non-id columns
 
 def _norm_name(c) -> str: return re.sub(r'[^a-z0-9]', '', str(c).lower())
 
+_PSEUDONYM = re.compile(r'(?:pt|st|im)_[0-9a-f]{16}')   # what `pseudonym` writes: never an identifier
+_ID_PATTERNS = _VALUE_PATTERNS[:4] + (   # for ids and paths: a folder 'MRN-8675309', 'ACC20240077', '19510423'
+    ('a record, accession or patient number', re.compile(r'(?i)(?<![a-z])(?:mrn|acc|accession|accno|dob|ssn|pid|patient|patientid)[-_ #:=]*\d{3,}')),
+    ('a date (birth or study date?)', re.compile(r'(?<!\d)(?:18|19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)')),
+    ('a long digit string (MRN, accession or date?)', re.compile(r'(?<![\d.A-Za-z])\d{7,}(?![\d.])')))   # 'IMG0000019' (FracAtlas) is a file number
+
+def _identifiers_in_ids(raw:pd.DataFrame, src:str) -> list:
+    "Identifier-like values in `path`, `image_id`, `patient_id`, `study_id`: one fault per column (the manifest is to leave the hospital)."
+    out = []
+    for c in [c for c in ('path', *ID_COLUMNS) if c in raw.columns]:
+        vals = raw[c].astype(str)
+        vals = vals.where(~vals.str.fullmatch(_PSEUDONYM), '')
+        if c == 'path': vals = vals.str.replace(r'\.[A-Za-z0-9]{1,5}$', '', regex=True)   # not the extension
+        for what, rx in _ID_PATTERNS:
+            hits = vals.str.contains(rx, regex=True)
+            if hits.any():
+                i = int(np.flatnonzero(hits.to_numpy())[0])
+                out.append(Problem('identifier', f'{c} values look like {what} in {int(hits.sum())} row(s): a manifest that leaves the hospital '
+                                   f'holds pseudonyms only (build-manifest dicom-folder --salt ... writes them; --link-dir gives pseudonymous paths)',
+                                   i, raw['image_id'].iloc[i] if c != 'image_id' and 'image_id' in raw else None, src))
+                break
+    return out
+
 def _identifier_problems(raw:pd.DataFrame, src:str, skip=()) -> list:
     out = []
     for c in raw.columns:
@@ -207,6 +237,8 @@ def _identifier_problems(raw:pd.DataFrame, src:str, skip=()) -> list:
 def _image_size(path:Path):
     "(width, height) from the file header, without decoding pixels (Pillow for PNG/JPEG/..., pydicom `Rows`/`Columns` for DICOM); None when unreadable."
     import warnings
+    from cxr_fracture.io import check_deflated, UnreadableImage
+    if not Path(path).is_file(): return None          # a FIFO would block open()
     try:
         with open(path, 'rb') as f: dicm = f.read(132)[128:132] == b'DICM'
     except OSError: return None
@@ -217,19 +249,14 @@ def _image_size(path:Path):
         except Exception: pass
     try:
         import pydicom
+        check_deflated(path)                            # a deflated data set is inflated whole, even without its pixels
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=not dicm)   # no preamble: a raw data set?
         return int(ds.Columns), int(ds.Rows)
     except Exception: return None
 
-def _bad_path(p:str):
-    "Why a manifest path is unacceptable, or None."
-    if p.strip() == '': return 'empty path'
-    if '\\' in p: return f'path {p!r} has backslashes: use POSIX separators (/)'
-    if p.startswith('/') or re.match(r'^[A-Za-z]:', p) or p.startswith('~'): return f'path {p!r} is absolute: store it relative to the data root'
-    if '..' in PurePosixPath(p).parts: return f'path {p!r} escapes the data root (..)'
-    return None
+from .io import path_fault   # the one path rule that every reader applies (00_io)
 
 # %% ../nbs/02_manifest.ipynb #5cee89ca
 def validate_manifest(df_or_path,             # a manifest frame or CSV path
@@ -253,6 +280,8 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
     probs = []
     P = lambda code, msg, i=None: probs.append(Problem(code, msg, i, None if i is None else (raw['image_id'].iloc[i] if 'image_id' in raw else None), src))
     cols = set(raw.columns)
+    for c in raw.columns:
+        if str(c) != str(c).strip(): P('column-name', f'column {c!r} has spaces around its name, so it is not read as {str(c).strip()!r}: remove them')
     for c in REQUIRED_COLUMNS:
         if c not in cols: P('missing-column', f'required column {c!r} is missing')
     labs = label_columns(raw, classes)
@@ -271,9 +300,12 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
     pos = [any(L[c][i] == 1 for c in labs) for i in range(n)]
     # ids
     if 'image_id' in cols:
-        ids = raw['image_id']
-        for i in np.flatnonzero((ids.str.strip() == '').to_numpy()): P('empty-id', 'image_id is empty', int(i))
-        dup = ids[(ids.str.strip() != '') & ids.duplicated(keep=False)]
+        for c in [c for c in ID_COLUMNS if c in cols]:
+            for i in np.flatnonzero(((raw[c] != raw[c].str.strip()) & (raw[c].str.strip() != '')).to_numpy()):
+                P('id-spaces', f'{c} {raw[c].iloc[i]!r} has spaces around it (it would differ from {raw[c].iloc[i].strip()!r}): remove them', int(i))
+        ids = raw['image_id'].str.strip()
+        for i in np.flatnonzero((ids == '').to_numpy()): P('empty-id', 'image_id is empty', int(i))
+        dup = ids[(ids != '') & ids.duplicated(keep=False)]
         first = {}
         for i, v in dup.items():
             if v in first: P('duplicate-id', f'image_id {v!r} already used in row {first[v]}: image ids must be unique', int(i))
@@ -284,7 +316,7 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
     if 'path' in cols:
         rootp = Path(root) if root is not None else None
         for i, p in enumerate(raw['path']):
-            why = _bad_path(p)
+            why = path_fault(p)
             if why: P('bad-path', why, i)
             elif check_files and rootp is not None and not (rootp / p).is_file(): P('missing-file', f'{p!r} not found under the data root {str(rootp)!r}', i)
     # boxes
@@ -296,8 +328,15 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
     boxed = [i for i in range(n) if B[i]]
     # image sizes: the width/height columns, else (with a root) the headers of the images that have boxes
     def num(v):
-        try: return float(v) if str(v).strip() != '' else None
+        try: x = float(v) if str(v).strip() != '' else None
         except ValueError: return None
+        return x if x is not None and math.isfinite(x) and x > 0 else None
+    for c in [c for c in ('width', 'height') if c in cols]:
+        for i, v in enumerate(raw[c]):
+            if str(v).strip() == '': continue
+            try: ok = float(v) > 0 and float(v).is_integer()
+            except ValueError: ok = False
+            if not ok: P('bad-size', f'{c} {v!r} is not a positive whole number of pixels (the box bounds cannot be checked): fix or empty it', i)
     W, H = [None] * n, [None] * n
     if 'width' in cols and 'height' in cols: W, H = [num(v) for v in raw['width']], [num(v) for v in raw['height']]
     if check_image_sizes is None: check_image_sizes = root is not None
@@ -305,7 +344,7 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
     if read:
         for i in boxed:
             p = raw['path'].iloc[i]
-            if (W[i] is None or H[i] is None) and _bad_path(p) is None:
+            if (W[i] is None or H[i] is None) and path_fault(p) is None:
                 s = _image_size(Path(root) / p)
                 if s: W[i], H[i] = map(float, s)
     unchecked = [i for i in boxed if W[i] is None or H[i] is None]
@@ -374,6 +413,12 @@ def validate_manifest(df_or_path,             # a manifest frame or CSV path
                     P('patient-leak', f'patient {pid!r} is in {c} {u[0]!r} (row {int(vals.index[0])}) and in {c} {vals.loc[i]!r}: '
                       f'all images of a patient must share one {c} (re-run assign_folds / with_split)', i)
     probs += _identifier_problems(raw, src, skip=labs + ['role', 'fold', 'split', 'width', 'height'])
+    probs += _identifiers_in_ids(raw, src)
+    for c in [c for c in raw.columns if c not in labs and c not in ('fold', 'width', 'height')]:   # CSV injection
+        hits = raw[c].astype(str).str.match(r'[=+@]|-[^\d.\s]')
+        if hits.any():
+            i = int(np.flatnonzero(hits.to_numpy())[0])
+            P('formula-text', f'column {c!r} starts with = + - or @ in {int(hits.sum())} row(s): a spreadsheet opening the manifest would run it as a formula; rename', i)
     return sorted(probs, key=lambda p: -1 if p.row is None else p.row)  # whole-file faults first, then by row
 
 # %% ../nbs/02_manifest.ipynb #9fb37659
@@ -509,15 +554,16 @@ def merge_labels(manifest:pd.DataFrame, # the manifest
     ids = lab[key].map(_cell_str)
     if id_map is not None: ids = ids.map(lambda v: id_map(v) if v else v)
     rep = dict(label_rows=len(lab), conflicts=[], bad_values=[])
-    vals = {}  # id -> {class: value}
+    vals, first_row = {}, {}  # id -> {class: value}; id -> its first labels row (reports name rows, never the raw ids)
     for i, k in enumerate(ids):
         if not k: rep['bad_values'].append(f'labels row {i}: empty id'); continue
+        first_row.setdefault(k, i)
         for c in classes:
             try: v = _label_int(lab[c].iloc[i])
-            except ValueError as e: rep['bad_values'].append(f'labels row {i} ({key}={lab[key].iloc[i]!r}), {c}: {e}'); v = None
+            except ValueError as e: rep['bad_values'].append(f'labels row {i}, {c}: {e}'); v = None
             d = vals.setdefault(k, {})
             if c in d and d[c] != v:
-                rep['conflicts'].append(f'{key}={lab[key].iloc[i]!r}: {c} is {d[c]} and {v} in two label rows; set to -1 (uncertain)')
+                rep['conflicts'].append(f'labels row {i} (its {key} also on labels row {first_row[k]}): {c} is {d[c]} and {v}; set to -1 (uncertain)')
                 d[c] = -1
             else: d[c] = v
     out = _normalize(manifest, classes)
@@ -539,7 +585,8 @@ def merge_labels(manifest:pd.DataFrame, # the manifest
             else: new.append(old)
         out[c] = pd.array(new, dtype='Int8')
     unmatched = sorted(set(vals) - matched)
-    rep.update(matched_ids=len(matched), unmatched_label_ids=len(unmatched), unmatched_examples=unmatched[:10],
+    rep.update(matched_ids=len(matched), unmatched_label_ids=len(unmatched),
+               unmatched_examples=[f'labels row {first_row[k]}' for k in unmatched[:10]],
                images_without_labels=int((~mk.isin(set(vals))).sum()))
     if 'boxes' not in out.columns: out['boxes'] = '[]'
     out['role'] = derive_roles(out, classes, missing=missing)
@@ -664,9 +711,13 @@ def pseudonym(value:str,   # the raw identifier
 def _is_dicom(path:Path):
     "(dataset or None, reason): the header of a DICOM file, read without pixels."
     import pydicom
+    from cxr_fracture.io import check_deflated, UnreadableImage
+    if not path.is_file(): return None, 'not a regular file (a FIFO, socket or device): not opened'
     try:
         with open(path, 'rb') as f: head = f.read(132)
     except OSError as e: return None, f'cannot open: {e.strerror}'
+    try: check_deflated(path)
+    except UnreadableImage as e: return None, e.reason
     force = len(head) >= 132 and head[128:132] == b'DICM'
     try: ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
     except Exception as e:
@@ -690,6 +741,7 @@ def build_dicom_folder(root,                   # folder to scan recursively
                        n_folds:int=5, seed:int=0, fold:int=0, # cross-validation
                        missing:str='unknown',  # how an empty mined label counts for the role (see `derive_roles`)
                        progress:bool=False,    # show a progress bar
+                       link_dir=None,          # write LINK_DIR/<image_id>.dcm symlinks and store those names as paths (data root LINK_DIR): no identifier in any path
                       ) -> tuple:
     "Scan a folder of DICOM files into `(manifest, report)`: allow-listed tags only, salted pseudonyms, unreadable files reported."
     salt = salt or os.environ.get('CXR_FRACTURE_SALT')
@@ -715,14 +767,19 @@ def build_dicom_folder(root,                   # folder to scan recursively
         pid, name = str(ds.get('PatientID', '') or '').strip(), str(ds.get('PatientName', '') or '').strip()
         skey = str(ds.get(study_key, '') or '').strip() or str(ds.get('StudyInstanceUID', '') or '').strip()
         sop = str(ds.get('SOPInstanceUID', '') or '').strip()
-        for raw in (pid, name, *name.split('^')):
-            if len(raw) >= 3 and raw.lower() in rel.lower():
-                rep['identifier_in_path'].append(f'{rel}: the path contains the patient id or a part of the name; rename the files'); break
-        if not pid: rep['no_patient_id'].append(f'{rel}: no PatientID; patient pseudonym taken from the study')
         iid = pseudonym(sop or rel, salt, 'image')
         if iid in seen: rep['duplicate_sop'].append(f'{rel}: same SOPInstanceUID as {seen[iid]}; image id made from the path'); iid = pseudonym(rel, salt, 'image')
         seen[iid] = rel
-        row = dict(image_id=iid, path=rel, patient_id=pseudonym(pid or ('study:' + (skey or rel)), salt, 'patient'),
+        for raw in (pid, name, *name.split('^')):
+            if len(raw) >= 3 and raw.lower() in rel.lower() and link_dir is None:   # the report names the image pseudonym, not the path
+                rep['identifier_in_path'].append(f'{iid}: its path contains the patient id or a part of the name; rename the files, or use --link-dir'); break
+        if not pid: rep['no_patient_id'].append(f'{rel}: no PatientID; patient pseudonym taken from the study')
+        if link_dir is not None:
+            ld = Path(link_dir); ld.mkdir(parents=True, exist_ok=True)
+            ln = ld/f'{iid}.dcm'
+            if ln.is_symlink() or ln.exists(): ln.unlink()
+            ln.symlink_to(p.resolve())
+        row = dict(image_id=iid, path=f'{iid}.dcm' if link_dir is not None else rel, patient_id=pseudonym(pid or ('study:' + (skey or rel)), salt, 'patient'),
                    study_id=pseudonym(skey or rel, salt, 'study'), boxes='[]')
         for t in DICOM_ALLOWED_TAGS: row[t] = _tag_value(ds.get(t))
         sd = str(ds.get('StudyDate', '') or '')
@@ -763,7 +820,10 @@ def _validate_cli(args) -> int:
     if probs:
         print(f'{args.manifest}: {len(probs)} problem(s)')
         return 1
-    print(f'{args.manifest}: valid: {manifest_summary(read_manifest(args.manifest, args.classes or None), args.classes or None)}')
+    try: summary = manifest_summary(read_manifest(args.manifest, args.classes or None), args.classes or None)
+    except ValueError as e:   # a fault validate does not know yet: one line, never a traceback
+        print(f'{args.manifest}: unreadable: {e}'); return 1
+    print(f'{args.manifest}: valid: {summary}')
     return 0
 
 def _finish_build(df, rep, args, classes=None) -> int:
@@ -788,9 +848,12 @@ def _dicom_cli(args) -> int:
     try:
         df, rep = build_dicom_folder(args.root, salt=args.salt, labels=args.labels, on=args.on, labels_on=args.labels_id_col,
                                      study_key=args.study_key, n_folds=args.n_folds, seed=args.seed, fold=args.fold,
-                                     missing=args.missing, progress=not args.quiet)
-        return _finish_build(df, rep, args, ['rib_fracture', 'clavicle_fracture'])
+                                     missing=args.missing, progress=not args.quiet, link_dir=args.link_dir)
+        rc = _finish_build(df, rep, args, ['rib_fracture', 'clavicle_fracture'])
     except (OSError, ValueError) as e: return _cli_error('build-manifest dicom-folder', e)
+    if args.salt: print('note: --salt on the command line is visible to other users (ps) and kept in shell histories; '
+                        'prefer the environment variable CXR_FRACTURE_SALT', file=sys.stderr)
+    return rc
 
 # %% ../nbs/02_manifest.ipynb #32a066f6
 def add_cli(sub):
@@ -823,7 +886,10 @@ def add_cli(sub):
     d = bs.add_parser('dicom-folder', help='scan a folder of DICOM files (allow-listed tags, salted pseudonyms)',
                       description='Scan a folder of DICOM files into a manifest: allow-listed tags only, ids pseudonymized with a salt.')
     d.add_argument('root', help='folder to scan recursively')
-    d.add_argument('--salt', default=None, help='secret salt for the pseudonyms (or env CXR_FRACTURE_SALT); required')
+    d.add_argument('--salt', default=None, help='secret salt for the pseudonyms; prefer env CXR_FRACTURE_SALT (a command line is visible to '
+                   'every user in ps and lands in shell histories); one of the two is required')
+    d.add_argument('--link-dir', default=None, help='write LINK_DIR/<image_id>.dcm symlinks to the files and store those names as paths '
+                   '(then LINK_DIR is the data root): a manifest with no identifier in any path')
     d.add_argument('--labels', default=None, help='mined labels CSV (cxr-fracture mine-labels) to join')
     d.add_argument('--on', default='study_id', choices=('study_id', 'image_id'), help='manifest column the labels join on')
     d.add_argument('--labels-id-col', default=None, help='id column of the labels CSV (default: --on if present, else the first column)')

@@ -670,8 +670,8 @@ def coco_map(detections, # per image a (k, 5) array [x1, y1, x2, y2, score]
 
 # %% ../nbs/08a_metrics.ipynb #055c11d8
 def _axes(ax, figsize):
-    import matplotlib.pyplot as plt
-    if ax is None: fig, ax = plt.subplots(figsize=figsize)
+    from cxr_fracture.figures import subplots
+    if ax is None: fig, ax = subplots(figsize=figsize)
     else: fig = ax.figure
     return fig, ax
 

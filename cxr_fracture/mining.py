@@ -5,11 +5,12 @@
 # %% auto #0
 __all__ = ['CLASSES', 'VALUES', 'FRACTURE_RE', 'ANATOMY_RE', 'ANATOMY_CLASS', 'OTHER_BONE_RE', 'PSEUDO_RE', 'UNCERTAIN_RE',
            'AGE_RE', 'HYPOTHETICAL_RE', 'HYPO_POST_RE', 'NEG_NEW_RE', 'NEG_PRE_RE', 'NEG_POST_RE', 'HISTORY_RE',
-           'DEVICE_RE', 'ACUTE_RE', 'TERM_RE', 'UNC_TERM_RE', 'CLAUSE_RE', 'WORD_RE', 'FIELD_RE', 'SIDE_RE', 'SITE_RE',
-           'RIBNUM_RE', 'SECTION_RE', 'SKIP_SECTIONS', 'NEG_WINDOW', 'POST_WINDOW', 'HIST_WINDOW', 'OPENI_MESH',
+           'DEVICE_RE', 'ACUTE_RE', 'TERM_RE', 'UNC_TERM_RE', 'CLAUSE_RE', 'WORD_RE', 'FIELD_RE', 'NEGEX_PSEUDO',
+           'NEGEX_PRE', 'NEGEX_POST', 'CONTEXT_UNCERTAIN', 'CONTEXT_HISTORY', 'SIDE_RE', 'SITE_RE', 'RIBNUM_RE',
+           'SECTION_RE', 'SKIP_SECTIONS', 'NEG_WINDOW', 'POST_WINDOW', 'HIST_WINDOW', 'MAX_SENTENCE', 'OPENI_MESH',
            'split_sections', 'split_sentences', 'Mention', 'find_mentions', 'Policy', 'parse_codes', 'mine_record',
            'mine_labels', 'labels_csv_columns', 'read_records', 'summarize', 'load_openi', 'evaluate_labels',
-           'baseline_labels', 'add_cli']
+           'baseline_labels', 'safe_csv', 'add_cli']
 
 # %% ../nbs/01_mining.ipynb #9719167d
 import csv, io as _io, re, sys, tarfile, warnings
@@ -113,6 +114,22 @@ WORD_RE = re.compile(r"[\w'/-]+")
 FIELD_RE = re.compile(r'\s*[:=-]\s*(?:(?P<negative>no|none|negative|absent|not seen|not present)|(?P<uncertain>possible|\?|questionable|'
                       r'uncertain|indeterminate|equivocal)|(?P<history>old|healed|healing|chronic|remote)|(?P<positive>yes|present|positive|acute))'
                       r'[\s.]*(?:$|[,;])', re.I)
+
+# %% ../nbs/01_mining.ipynb #a0978bfb
+NEGEX_PSEUDO = ('not extend', 'not cause', 'not drain', 'not certain (?:if|whether)', 'without difficulty')   # [PSEU]
+NEGEX_PRE = ('lack of', 'lacking', 'clear of', 'unremarkable for', 'inconsistent with', 'not consistent with', 'denied', 'declined',
+             'no findings (?:of|to indicate)', 'no suggestion of', 'without any evidence of', 'cannot see', 'with no')   # [PREN] (+ ConText)
+NEGEX_POST = ('(?:is|are|was|were) not evident', 'no longer present', 'now resolved', '(?:is|are|was|were|has been|have been) ruled out')  # [POST]
+CONTEXT_UNCERTAIN = ('possibilit(?:y|ies)', 'should be considered', '(?:may|might|could) (?:represent|reflect|be related)', 'could be',
+                     'worrisome(?: for)?', 'suspicious', 'borderline', 'construed as', 'incompletely evaluated',
+                     'unable to (?:adequately )?assess', 'cannot rule out', 'low probability', 'atypical for', 'mimicking', 'simulating')
+CONTEXT_HISTORY = ('h/o', 'known', 'documented', 're-?demonstrat(?:ed|es|ion)', 'again (?:seen|noted|demonstrated|identified|visualized)',
+                   'stable', 'persistent', 'pre-?existing', 'in the past', 'varying ages', 'residual', 'resolving', 'evolving')
+
+def _extend(rx, words): return re.compile(rx.pattern + '|' + _rx(*words).pattern, re.I)
+PSEUDO_RE, NEG_PRE_RE, NEG_POST_RE = _extend(PSEUDO_RE, NEGEX_PSEUDO), _extend(NEG_PRE_RE, NEGEX_PRE), _extend(NEG_POST_RE, NEGEX_POST)
+UNCERTAIN_RE, HISTORY_RE = _extend(UNCERTAIN_RE, CONTEXT_UNCERTAIN), _extend(HISTORY_RE, CONTEXT_HISTORY)
+_CUE_RES.update(pseudo=PSEUDO_RE, uncertain=UNCERTAIN_RE, neg_pre=NEG_PRE_RE, neg_post=NEG_POST_RE, history=HISTORY_RE)
 
 # %% ../nbs/01_mining.ipynb #b4ac138e
 # left / right / both, with the clinical abbreviations ('Lt', 'rt.', 'B/L', 'bilat'); a bare capital R or L only right
@@ -429,6 +446,7 @@ def find_mentions(text:str,                  # free text: a report, a diagnosis 
                   section:str|None=None,     # section name of text before any heading (e.g. the column name)
                   skip_sections=SKIP_SECTIONS, # sections whose mentions are the question, not the finding
                   skip_default:bool=True,    # skip the text before the first heading when `section` is in `skip_sections`
+                  warns:list|None=None,      # receives a line for each over-long sentence mined in pieces
                  ) -> list:
     "Every fracture mention tied to rib or clavicle anatomy in `text`, as `Mention`s."
     if not isinstance(text, str) or not text or FRACTURE_RE.search(text) is None or ANATOMY_RE.search(text) is None:
@@ -438,8 +456,25 @@ def find_mentions(text:str,                  # free text: a report, a diagnosis 
         headed = k > 0 or SECTION_RE.match(text) is not None
         if sec in skip_sections and (headed or skip_default): continue
         for s in split_sentences(body):
-            if FRACTURE_RE.search(s) and ANATOMY_RE.search(s): out += _sentence_mentions(s, sec)
+            if not (FRACTURE_RE.search(s) and ANATOMY_RE.search(s)): continue
+            parts = _pieces(s)
+            if len(parts) > 1 and warns is not None:
+                warns.append(f'a sentence of {len(s):,} characters{f" in {sec}" if sec else ""} was mined in {len(parts)} pieces of '
+                             f'at most {MAX_SENTENCE:,} (no full stops: a list, or not a report?)')
+            for p in parts:
+                if FRACTURE_RE.search(p) and ANATOMY_RE.search(p): out += _sentence_mentions(p, sec)
     return out
+
+MAX_SENTENCE = 1000   # characters: a longer 'sentence' is mined in pieces (the rules' cost grows with the square of its length)
+
+def _pieces(s:str, n:int=MAX_SENTENCE) -> list:
+    "`s` cut at the last comma or space before every `n` characters (a report sentence is far shorter)."
+    out = []
+    while len(s) > n:
+        cut = max(s.rfind(',', 0, n), s.rfind(' ', 0, n))
+        if cut <= n // 2: cut = n
+        out.append(s[:cut]); s = s[cut:].lstrip(' ,')
+    return out + [s] if s else out
 
 # %% ../nbs/01_mining.ipynb #99ceaea0
 @dataclass
@@ -481,6 +516,8 @@ _SPLIT_CODES = re.compile(r'[;,|/\s]+')   # no ICD code contains '/', so 'S22.31
 _FRACTURE_FAMILY = re.compile(r'S22[345]|S420')
 _FRACTURE_STRICT = re.compile(r'S22[34](?:[1-49](?:X[ABDGKPS]?)?)?|S225(?:X(?:X[ABDGKPS]?)?)?|S420(?:[0-3](?:[1-9][ABDGKPS]?)?)?')
 
+_CATEGORIES = {'807': 'fracture of rib(s), sternum, larynx and trachea (ICD-9 807)', 'S22': 'fracture of rib(s), sternum and thoracic spine (ICD-10 S22)', 'S42': 'fracture of shoulder and upper arm (ICD-10 S42)'}
+
 def _missing(v) -> bool:
     "None, NaN, pd.NA, NaT: no value."
     if v is None or v is pd.NA or v is pd.NaT: return True
@@ -510,6 +547,8 @@ def parse_codes(value,                     # one record's codes: a list / array,
             if not (_ICD9.fullmatch(c) or _ICD10.fullmatch(c)):
                 warns.append(f'malformed code {c!r} ignored'); continue
             k = c.replace('.', '')
+            if k in _CATEGORIES:
+                warns.append(f'code {c!r} is the category {_CATEGORIES[k]}, too unspecific for a rib or clavicle label: ignored'); continue
             if _FRACTURE_FAMILY.match(k) and not _FRACTURE_STRICT.fullmatch(k):
                 warns.append(f'malformed code {c!r} ignored (a rib or clavicle fracture code: placeholder X only after '
                              'the full code, 7th character A, B, D, G, K, P or S)'); continue
@@ -540,7 +579,7 @@ def mine_record(texts:dict,                  # {section or column name: text}
     ments = []
     for sec, t in texts.items():
         # a column named 'History' or 'exam' is mined: only headings inside the text mark a section to skip
-        if isinstance(t, str): ments += find_mentions(t, sec, policy.skip_sections, skip_default=False)
+        if isinstance(t, str): ments += find_mentions(t, sec, policy.skip_sections, skip_default=False, warns=warns)
     if not any(isinstance(t, str) and t.strip() for t in texts.values()) and not hits: warns.append('empty text and no codes')
     for cls in CLASSES:
         code = _agg([(policy.value(st), f'code {c}', r, '', '', '') for k, st, c, r in hits if k == cls])
@@ -590,13 +629,15 @@ def mine_labels(df:pd.DataFrame,           # one row per record
             if bad: warns.append(f'undecodable bytes replaced in {bad}')
         except Exception as e:  # a batch never dies on one record: record it and go on
             row, warns = {c: None for c in CLASSES}, [f'error: {type(e).__name__}: {e}']
+        if _missing(ids[i]) or not str(ids[i]).strip(): warns.append('empty record id: this row cannot be joined to an image')
         row = {id_col: ids[i], **row, 'warnings': '; '.join(warns)}
         rows.append(row)
     out = pd.DataFrame(rows, columns=_label_frame_columns(id_col))   # the same columns for an empty table
     for c in CLASSES:
         for k in (c, f'{c}_code', f'{c}_text'): out[k] = out[k].astype('Int64')
-    if out[id_col].duplicated().any():
-        out.loc[out[id_col].duplicated(keep=False), 'warnings'] += '; duplicate id'
+    dup = out[id_col].duplicated(keep=False) & out[id_col].notna() & (out[id_col].astype(str).str.strip() != '')
+    if dup.any():   # a join takes every copy: copies that disagree become -1 (uncertain), reported by merge_labels
+        out.loc[dup, 'warnings'] = (out.loc[dup, 'warnings'] + '; duplicate record id: its labels are joined with the other copies\'').str.lstrip('; ')
     return out
 
 def _label_frame_columns(id_col) -> list:
@@ -642,10 +683,11 @@ def read_records(path,                 # CSV (delimiter , ; tab or | read from t
     if not text.strip(): raise ValueError(f'{path}: the file is empty; expected a header row and one row per record')
     text = text.lstrip('\ufeff')
     sep = '\t' if path.suffix.lower() in ('.tsv', '.tab') else _sniff_sep(text.split('\n', 1)[0])
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))   # one long field (131,072 characters by default) is no error
     try:
         rd = csv.reader(_io.StringIO(text), delimiter=sep)
         n = len(next(rd)); long = [rd.line_num for r in rd if len(r) > n]
-    except csv.Error as e: raise ValueError(f'{path}: not a readable CSV table ({e})') from None
+    except csv.Error as e: raise ValueError(f'{path}: line {rd.line_num}: not a readable CSV table ({e})') from None
     kw = dict(sep=sep, dtype=str, keep_default_na=False, na_values=[''], index_col=False)   # never the first column as index
     if long:
         warns.append(f'{path}: {len(long)} row(s) with more fields than the header ({n}) on line(s) {long[:20]}'
@@ -747,6 +789,22 @@ def baseline_labels(df:pd.DataFrame,          # records
     return pd.DataFrame(out, index=df.index)
 
 # %% ../nbs/01_mining.ipynb #074961b5
+_FORMULA = ('=', '+', '-', '@', '\t', '\r')
+
+def safe_csv(df:pd.DataFrame, # a table about to be written as CSV
+             keep=(),           # columns left as they are (ids that must still join)
+            ) -> pd.DataFrame:
+    "A copy whose text cells that a spreadsheet would run as a formula (`=`, `+`, `-`, `@` first, not a number) start with `'`."
+    out = df.copy()
+    for c in out.columns:
+        if c in keep or pd.api.types.is_numeric_dtype(out[c]): continue
+        def esc(v):
+            if not isinstance(v, str) or not v.startswith(_FORMULA): return v
+            try: float(v); return v
+            except ValueError: return "'" + v
+        out[c] = out[c].map(esc)
+    return out
+
 def _mine_labels_cli(args) -> int:
     "Handler of `cxr-fracture mine-labels`."
     try:
@@ -761,7 +819,9 @@ def _mine_labels_cli(args) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    labels[labels_csv_columns(labels)].to_csv(out, index=False)
+    safe_csv(labels[labels_csv_columns(labels)], keep=[args.id_col]).to_csv(out, index=False)
+    nid = int(labels['warnings'].fillna('').str.contains('record id').sum())
+    if nid: print(f'warning: {args.records}: {nid} record(s) with an empty or duplicated id (column warnings of {out})', file=sys.stderr)
     for w in warns: print(f'warning: {w}', file=sys.stderr)
     if len(labels) == 0: print(f'{args.records}: the table has a header but no records')
     print(summarize(labels))

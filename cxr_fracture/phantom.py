@@ -437,7 +437,7 @@ def gallery(root_or_manifest,   # a phantom folder, a manifest CSV, or a manifes
             panel:float=3.0,     # panel size in inches
            ):
     "A matplotlib Figure of manifest images with their boxes colored by class and the role in each title."
-    import matplotlib.pyplot as plt
+    from cxr_fracture.figures import subplots
     from cxr_fracture.io import read_xray
     from cxr_fracture.manifest import parse_boxes
     df, root = _manifest_and_root(root_or_manifest, root)
@@ -446,7 +446,7 @@ def gallery(root_or_manifest,   # a phantom folder, a manifest CSV, or a manifes
         df = pd.concat([df[pos].head((n + 1)//2), df[~pos], df[pos].iloc[(n + 1)//2:]]).head(n)
     df = df.head(n)
     rows = max(1, math.ceil(len(df)/cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(panel*cols, panel*rows + 0.3), squeeze=False)
+    fig, axs = subplots(rows, cols, figsize=(panel*cols, panel*rows + 0.3), layout=None, squeeze=False)
     for ax in axs.flat: ax.axis('off')
     for ax, (_, r) in zip(axs.flat, df.iterrows()):
         img, _ = read_xray(root/r['path'])
@@ -472,8 +472,8 @@ def fracture_closeups(size:int=512,            # image side
                       half:int=40,             # close-up half-width in pixels at `size`
                      ):
     "Figure: one row per fracture kind (gap, step-off, angulation, callus), columns over visibility, each beside its downsized view."
-    import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(len(KINDS), 2*len(vis), figsize=(2.0*2*len(vis), 2.1*len(KINDS)), squeeze=False)
+    from cxr_fracture.figures import subplots
+    fig, axs = subplots(len(KINDS), 2*len(vis), figsize=(2.0*2*len(vis), 2.1*len(KINDS)), layout=None, squeeze=False)
     for i, kind in enumerate(KINDS):
         for j, v in enumerate(vis):
             spec = sample_spec(np.random.default_rng([seed, i, j]), size, 1, kinds=[kind], clavicle_prob=0.0, distractors=0)

@@ -114,14 +114,13 @@ def sharpen(method:str, # 'none', 'aals', 'dynamic' or 'symmetric'
 
 # %% ../nbs/06_sharpen.ipynb #c2f79d02
 def plot_aals_curves(y_maxes=(0.0, 0.25, 0.5, 0.75, 1.0), # y_max values of the left panel (a0 fixed)
-                     a0s=(2.0, 4.0, 8.0),                # a0 values of the right panel (y_max = 0)
+                     a0s=(1.0, 4.0, 8.0, 16.0),          # a0 values of the right panel (y_max = 0): the paper's Table 3
                      t:float=0.4,                        # threshold t
                      a0:float=4.0,                       # a0 of the left panel
-                    ):                                   # matplotlib Figure
+                    ):                                   # a `ShownFigure`
     "AALS Fig. 2: the sharpened value max(S(y), y) against y, for several y_max and a0."
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(9, 4), layout='constrained')
-    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    from cxr_fracture.figures import subplots
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(9, 4), sharey=True)
     x = np.linspace(0, 1, 401)
     for ym in y_maxes: ax1.plot(x, aals(x, t=t, a0=a0, y_max=ym), label=f'$y_{{max}}$ = {ym:g}')
     for a in a0s: ax2.plot(x, aals(x, t=t, a0=a, y_max=0.0), label=f'$a_0$ = {a:g}')
@@ -131,23 +130,37 @@ def plot_aals_curves(y_maxes=(0.0, 0.25, 0.5, 0.75, 1.0), # y_max values of the 
     ax1.set_ylabel('sharpened label')
     return fig
 
-def plot_dynamic_curves(medians=(0.2, 0.4, 0.5, 0.6, 0.8), # epoch medians m of the positive scores
-                       ):                                  # matplotlib Figure
-    "Dynamic sharpening Fig. 3a: the curves for the (t, a) that dynamic_params gives at several medians m."
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(9, 4), layout='constrained')
-    ax1, ax2 = fig.subplots(1, 2)
+def _median_label(ms:list, t:float)->str:
+    "The medians m that give one (t, a), said as the paper's rule clamps them."
+    if t <= 0.2 + 1e-9: return 'm ≤ 0.3'
+    if t >= 0.5 - 1e-9: return 'm ≥ 0.6'
+    return 'm = ' + ', '.join(f'{m:g}' for m in ms)
+
+def plot_dynamic_curves(a_values=(1.0, 2.0, 4.0, 6.0, 8.0), # strengths a of the left panel, at t = 0.4 (the paper's Fig. 3a)
+                        medians=(0.3, 0.4, 0.5, 0.6),       # epoch medians m of the middle panel (one curve per distinct (t, a))
+                        t:float=0.4,                        # threshold t of the left panel
+                       ):                                   # a `ShownFigure`
+    "Dynamic sharpening: Fig. 3a (the function at t = 0.4 for several a), the curves `dynamic_params` gives at several medians m, and t and a against m."
+    from cxr_fracture.figures import subplots
+    fig, (ax1, ax2, ax3) = subplots(1, 3, figsize=(13, 4))
     x = np.linspace(0, 1, 401)
+    for a in a_values: ax1.plot(x, dynamic_sharpen(x, t, a), label=f'a = {a:g}')
+    ax1.axvline(t, color='gray', lw=0.5)
+    ax1.set(title=f'Fig. 3a: dynamic sharpening at t = {t:g}')
+    pairs = {}                                        # (t, a) -> the medians giving it: equal pairs draw one curve
     for m in medians:
-        t, a = dynamic_params(m)
-        ax1.plot(x, dynamic_sharpen(x, t, a), label=f'm = {m:g}: t = {t:.2f}, a = {a:g}')
-    ax1.plot(x, x, 'k:', lw=1, label='identity')
-    ax1.set(xlabel='teacher probability y', ylabel='sharpened label', title='dynamic sharpening', xlim=(0, 1), ylim=(0, 1.01))
-    ax1.legend(fontsize=8)
+        tm, am = dynamic_params(m)
+        pairs.setdefault((round(tm, 6), am), []).append(m)
+    for (tm, am), ms in pairs.items():
+        ax2.plot(x, dynamic_sharpen(x, tm, am), label=f'{_median_label(ms, tm)}: t = {tm:.2f}, a = {am:g}')
+    ax2.set(title='per epoch, from the median m')
+    for ax in (ax1, ax2):
+        ax.plot(x, x, 'k:', lw=1, label='identity')
+        ax.set(xlabel='teacher probability y', ylabel='sharpened label', xlim=(0, 1), ylim=(0, 1.01)); ax.legend(fontsize=8)
     ms = np.linspace(0, 1, 201); ps = [dynamic_params(float(v)) for v in ms]
-    ax2.plot(ms, [p[0] for p in ps], label='t'); ax2b = ax2.twinx()
-    ax2b.step(ms, [p[1] for p in ps], color='C1', where='post', label='a'); ax2b.set_ylabel('a', color='C1')
-    ax2.set(xlabel='median positive score m', ylabel='t', title='parameters per epoch')
+    ax3.plot(ms, [p[0] for p in ps], label='t'); ax3b = ax3.twinx()
+    ax3b.step(ms, [p[1] for p in ps], color='C1', where='post', label='a'); ax3b.set_ylabel('a', color='C1')
+    ax3.set(xlabel='median positive score m', ylabel='t', title='t and a against m')
     return fig
 
 # %% ../nbs/06_sharpen.ipynb #5113e93f
@@ -183,8 +196,8 @@ class SharpenExplorer:
                  boxes=None,       # fracture boxes (x1, y1, x2, y2) in image pixels, outlined on the image
                 ):
         import ipywidgets as W
-        from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
+        from cxr_fracture.figures import new_figure
         if teacher_map is None:
             d = stand_in_teacher_map()
             teacher_map, image, boxes = d['teacher_map'], d['image'] if image is None else image, d['boxes'] if boxes is None else boxes
@@ -197,7 +210,7 @@ class SharpenExplorer:
         self.sliders = dict(a0=sl('AALS a0', 1, 10, 4.0), t_aals=sl('AALS t', 0.05, 0.95, 0.4),
                             y_max=sl('y_max', 0.01, 1, float(np.clip(self.teacher.max(), 0.01, 1))),
                             t_dyn=sl('dyn. t', 0.05, 0.95, 0.3), a_dyn=sl('dyn. a', 1, 10, 6.0))
-        self.fig = Figure(figsize=(11, 6.5), layout='constrained')
+        self.fig = new_figure(figsize=(11, 6.5))
         ax = self.fig.subplots(2, 3)
         self.axes = ax
         kw = dict(vmin=0, vmax=1, cmap='magma')
@@ -216,10 +229,10 @@ class SharpenExplorer:
             a.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='teacher y', ylabel='sharpened')
         for a in ax.flat[[0, 2, 3, 5]]: a.set_xticks([]); a.set_yticks([])
         self.fig.colorbar(self.images['aals'], ax=ax[:, 2], shrink=0.6)
-        self.out = W.Output()
+        self.view = W.Image(format='png')   # the figure as drawn: its PNG, replaced on every slider move
         for s in self.sliders.values(): s.observe(lambda change: self.redraw(), names='value')
         self.widget = W.VBox([W.HBox([self.sliders[k] for k in ('a0', 't_aals', 'y_max')]),
-                              W.HBox([self.sliders[k] for k in ('t_dyn', 'a_dyn')]), self.out])
+                              W.HBox([self.sliders[k] for k in ('t_dyn', 'a_dyn')]), self.view])
         self.redraw()
 
     def _extent(self):
@@ -242,20 +255,18 @@ class SharpenExplorer:
         self.images['aals'].set_data(aals(y, t=v['t_aals'], a0=v['a0']))
         self.images['dynamic'].set_data(dynamic_sharpen(y, v['t_dyn'], v['a_dyn']))
         self.axes[0, 2].set_title('AALS-sharpened map'); self.axes[1, 2].set_title('dynamically sharpened map')
-        try: from IPython import get_ipython
-        except ImportError: return
-        if get_ipython() is None: return  # headless (tests, scripts): the figure is updated in place
-        from IPython.display import display, clear_output
-        with self.out:
-            clear_output(wait=True); display(self.fig)
+        from cxr_fracture.figures import figure_png
+        self.view.value = figure_png(self.fig)
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        "The live widget (JupyterLab with a kernel) and a still of the figure (a code host, a notebook not yet run)."
+        import base64
+        return {**self.widget._repr_mimebundle_(include=include, exclude=exclude),
+                'image/png': base64.b64encode(self.view.value).decode('ascii')}
 
 def sharpen_explorer(teacher_map=None, # (h, w) teacher probability map (None: `stand_in_teacher_map()`'s)
                      image=None,       # (H, W) image under the map (optional)
                      boxes=None,       # fracture boxes (x1, y1, x2, y2) in image pixels, outlined on the image
                     )->SharpenExplorer:
-    "An ipywidgets explorer of AALS and dynamic sharpening on a teacher map (`.widget`, `.sliders`, `.lines`, `.images`)."
+    "An ipywidgets explorer of AALS and dynamic sharpening on a teacher map (`.widget`, `.sliders`, `.lines`, `.images`, `.view`)."
     return SharpenExplorer(teacher_map, image, boxes)

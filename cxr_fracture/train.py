@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'TrainConfig', 'DistInfo', 'resolve_device', 'init_distributed',
-           'step_seed', 'seed_all', 'rng_state', 'set_rng_state', 'save_atomic', 'load_checkpoint',
+__all__ = ['TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'OPERATING_FP', 'TrainConfig', 'DistInfo', 'resolve_device',
+           'init_distributed', 'step_seed', 'seed_all', 'rng_state', 'set_rng_state', 'save_atomic', 'load_checkpoint',
            'check_resume_config', 'pair_weights', 'sup_loss', 'distill_loss', 'combine_losses', 'MapMethod',
            'Supervised', 'EMATeacherMethod', 'MeanTeacher', 'AALS', 'Symmetric', 'PiModel', 'TemporalEnsembling',
            'DynamicSharpening', 'DynamicEMA', 'DynamicConst', 'model_stride', 'load_data', 'make_dataset',
-           'resolved_losses', 'stage1_config', 'stage1_folder', 'FileLock', 'evaluate', 'train', 'load_trained',
-           'read_log', 'plot_log', 'add_cli']
+           'resolved_losses', 'stage1_config', 'stage1_folder', 'FileLock', 'evaluate', 'operating_point',
+           'data_warnings', 'train', 'load_trained', 'read_log', 'plot_log', 'add_cli']
 
 # %% ../nbs/09_train.ipynb #ce29eb43
 from .io import progress_bar
@@ -108,6 +108,8 @@ class TrainConfig:
     out:str = 'runs/train'          # output folder
     amp:bool|None = None            # bf16 autocast (None: on for CUDA)
     channels_last:bool|None = None  # channels_last memory format (None: on for CUDA)
+    fused_adam:bool|None = None     # Adam's fused kernel, one launch for all weights (None: on for CUDA)
+    compile:bool = False            # torch.compile the training forward (the first steps compile; measure with `cxr-fracture bench train`)
     limit_batches:int|None = None   # at most this many steps per epoch (tests, smoke runs)
     limit_val:int|None = None       # at most this many validation images
     checkpoint_every:int = 100      # steps between checkpoints (and one at every epoch end)
@@ -256,10 +258,14 @@ def load_checkpoint(path:str|Path, # a file written by the trainer
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f'{path}: no such checkpoint (train first, or check OUT)')
     try: return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e: raise ValueError(f'{path}: not a readable trainer checkpoint ({e}); delete it and train again') from e
+    except Exception as e:   # one line, without torch's advice to load unsafely
+        lines = [l.strip() for l in str(e).splitlines() if l.strip() and 'weights_only' not in l and 'arbitrary code' not in l]
+        why = next((l for l in lines if 'Unsupported global' in l or 'WeightsUnpickler' in l), lines[0] if lines else type(e).__name__)
+        raise ValueError(f'{path}: not a readable trainer checkpoint ({why[:300]}): it is damaged, or holds objects other than '
+                         'tensors and plain values, which are never unpickled (that could run code); delete it and train again') from None
 
 # %% ../nbs/09_train.ipynb #c006debe
-RESUME_FREE = ('out', 'device', 'progress', 'num_workers', 'cache', 'checkpoint_every', 'stage1_dir')  # may change on resume
+RESUME_FREE = ('out', 'device', 'progress', 'num_workers', 'cache', 'checkpoint_every', 'stage1_dir', 'fused_adam', 'compile')  # may change on resume
 
 def check_resume_config(saved:dict, # the checkpoint's `config`
                         cfg:TrainConfig, # the resuming run's configuration
@@ -537,14 +543,24 @@ def load_data(cfg:TrainConfig, # the run's configuration
     elif 'split' in df.columns and cfg.fold == 0: pass
     else: df = with_split(assign_folds(df, classes=classes), cfg.fold, classes=classes)
     cache = Path(cfg.cache) if cfg.cache else (root if cfg.data == 'phantom' else Path(cfg.out))/f'cache_{cfg.size}'
-    if di.main and not _cache_complete(cache, len(df)):
+    if (cache/'meta.json').is_file():   # a cache of another size is not this run's: say so in the trainer's words
+        have = json.loads((cache/'meta.json').read_text()).get('size')
+        if have != cfg.size: raise ValueError(f'{cache}: the cache holds {have} px images but the run asks for size={cfg.size}: '
+                                              f'pass -c size={have}, or another -c cache=DIR (built when missing)')
+    if di.main and not _cache_complete(cache, df, cfg.size):
         build_cache(df, root, cache, size=cfg.size, workers=1 if len(df) <= 1000 else None, progress=False)
     _barrier(di)
     return df, classes, cache
 
-def _cache_complete(cache:Path, n:int)->bool:
-    try: return (cache/'meta.json').is_file() and len(pd.read_csv(cache/'index.csv')) >= n
+def _cache_complete(cache:Path, df:pd.DataFrame, size:int)->bool:
+    "Does `cache` hold every image of `df`, processed (ok or error, none pending), at `size`? (Otherwise `build_cache` resumes or refuses it.)"
+    try:
+        meta = json.loads((cache/'meta.json').read_text())
+        ix = pd.read_csv(cache/'index.csv', dtype=str, keep_default_na=False).set_index('image_id')['status']
     except Exception: return False
+    if int(meta.get('size', -1)) != int(size): return False    # build_cache then says which settings differ
+    st = ix.reindex(df['image_id'].astype(str))
+    return bool(st.isin(['ok', 'error']).all())
 
 def make_dataset(cfg:TrainConfig, # the run's configuration
                  split:str,       # 'train', 'val' or 'test'
@@ -554,7 +570,7 @@ def make_dataset(cfg:TrainConfig, # the run's configuration
     "A FractureDataset of one split (training: augmented, and boxes of R and N images only)."
     if df is None: df, classes, cache = load_data(cfg)
     aug = (cfg.augment and split == 'train') if augment is None else augment
-    return FractureDataset(df, cache=cache, stride=model_stride(cfg), classes=tuple(classes), split=split,
+    return FractureDataset(df, cache=cache, size=cfg.size, stride=model_stride(cfg), classes=tuple(classes), split=split,
                            augment=Augment() if aug else None, seed=cfg.seed,
                            box_roles=('R', 'N') if split == 'train' else None)
 
@@ -662,6 +678,28 @@ def evaluate(model:nn.Module,      # a FractureFPN (or any net giving logit maps
             res['pixel_froc'][c], res['component_froc'][c] = pixel_froc(mk, bk), component_froc(mk, bk)
     return res
 
+# %% ../nbs/09_train.ipynb #b8f3d4e2
+OPERATING_FP = 0.1  # the stored operating point: false-positive components per validation image (dynamic sharpening's first FROC point)
+
+def operating_point(res:dict, # from `evaluate(..., return_maps=True)` (maps, boxes, labels, classes)
+                    fp_per_image:float=OPERATING_FP, # the false-positive components per image allowed
+                   )->dict: # class -> threshold (None if none), recall, fp_per_image, fp_at_threshold, n_images, n_boxes, why
+    "Per class, the lowest threshold at which the component FROC of `res` keeps at most `fp_per_image` false positives per image."
+    out, M, L, B = {}, res['maps'], res['labels'], res['boxes']
+    for k, c in enumerate(res['classes']):
+        keep = [i for i in range(len(L)) if L[i, k] == 0 or (L[i, k] == 1 and len(B[i][c]))]
+        row = dict(threshold=None, recall=None, fp_per_image=float(fp_per_image), fp_at_threshold=None,
+                   n_images=len(keep), n_boxes=int(sum(len(B[i][c]) for i in keep)), why='')
+        if not row['n_boxes']:
+            out[c] = {**row, 'why': 'no located fracture of this class in the validation split (no FROC)'}; continue
+        r = component_froc([M[i, k] for i in keep], [B[i][c] for i in keep])
+        ok = np.maximum.accumulate(r.fp[::-1])[::-1] <= fp_per_image   # at this threshold and every higher one
+        if not ok.any():
+            out[c] = {**row, 'why': f'more than {fp_per_image} false positives per image at every threshold'}; continue
+        j = int(np.argmax(ok))
+        out[c] = {**row, 'threshold': float(r.thresholds[j]), 'recall': float(r.recall[j]), 'fp_at_threshold': float(r.fp[j])}
+    return out
+
 # %% ../nbs/09_train.ipynb #8bcd74eb
 class _SeededItems(torch.utils.data.Dataset):
     "Items fetched as (index, seed): python/numpy/torch are seeded before each item (the data set seeds its own augmentation)."
@@ -676,6 +714,39 @@ def _to_device(b:dict, dev:torch.device)->dict:
     out = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in b.items()}
     if 'image_orig' not in out: out['image_orig'] = out['image']
     return out
+
+def data_warnings(train_ds, # the training split's FractureDataset
+                  val_ds,   # the validation split's FractureDataset
+                  method=None, # the stage-2 method (None: stage 1)
+                  df:pd.DataFrame|None=None, # the whole manifest (to tell left-out positives)
+                 )->list: # one line per problem that a run would otherwise hide
+    "What makes a run degenerate although it runs: no validation images, no positives, no R images, no P for a distilling method."
+    out, tr = [], np.asarray(train_ds.roles)
+    ex = getattr(train_ds, 'excluded', None)
+    if ex is not None and len(ex):
+        out.append(f'{len(ex)} training image(s) left out, e.g. {ex.image_id.iloc[0]}: {ex.reason.iloc[0]}')
+    if len(val_ds) == 0: out.append("no validation image (split 'val' is empty): no AUROC, and model.pt is chosen by the training loss")
+    elif not (val_ds.labels == 1).any(): out.append('no positive validation image: no AUROC, and model.pt is chosen by the training loss')
+    if not (train_ds.labels == 1).any():
+        lost = ''
+        if df is not None and 'split' in df:   # positives the manifest has in this split, all left out?
+            trm = df[df['split'].astype(str) == 'train']
+            labs = [c for c in train_ds.classes if c in trm.columns]
+            n = int((trm[labs].apply(pd.to_numeric, errors='coerce') == 1).any(axis=1).sum()) if labs else 0
+            if n: lost = f' (the manifest has {n}, all left out as unreadable or missing: see the line above)'
+        out.append(f'no positive training image{lost}: the model can only learn "no fracture"')
+    elif not (tr == ROLE_CODE['R']).any(): out.append('no region-labeled (R) training image: the maps get no positive pixel supervision')
+    if method is not None and getattr(method, 'distills', False) and not (tr == ROLE_CODE['P']).any():
+        out.append(f'method {method.name}: no image-level positive (P) training image, so stage 2 distils nothing: '
+                   'this run is supervised training with extra epochs')
+    return out
+
+def _no_nan(x):
+    "`x` with NaN / inf floats as None: JSON has no NaN, and `json.dumps` would write the non-standard bare `NaN`."
+    if isinstance(x, dict): return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [_no_nan(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x): return None
+    return x
 
 def _jsonable(x):
     "Plain JSON-able copy (tensors/arrays to lists, numpy scalars to Python, NaN kept)."
@@ -722,6 +793,9 @@ class _Run:
         self.n_sup, self.n_p = int(np.isin(roles, [ROLE_CODE['R'], ROLE_CODE['N']]).sum()), int((roles == ROLE_CODE['P']).sum())
         if self.n_sup == 0: raise ValueError(f'{cfg.data}: no training image with role R or N for fold {cfg.fold}: nothing to supervise with')
         self.M = METHODS[cfg.method if self.stage == 2 else (METHODS[cfg.method].stage1_method or cfg.method)](self)
+        self.data_warnings = data_warnings(self.train_ds, self.val_ds, self.M if self.stage == 2 else None, self.df)
+        if di.main:
+            for w in self.data_warnings: print(f'cxr-fracture train: warning (stage {self.stage}): {w}', file=sys.stderr)
         self.sup_kind, self.dis_kind = resolved_losses(cfg)
         self.train_has = np.stack([self.train_ds.has_mask(i) for i in range(len(self.train_ds))]).reshape(len(self.train_ds), len(self.classes))
         self.alpha_l = sample_class_weights(self.train_ds.labels, self.train_has).to(dev)
@@ -734,6 +808,7 @@ class _Run:
         self.ddp = self.model
         if di.distributed:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == 'cuda' else None)
+        if cfg.compile: self.ddp = torch.compile(self.ddp)   # the forward the losses call; self.model stays the plain module
         self.epoch, self.step, self.gstep = 0, 0, 0
         self.best, self.acc, self.last, self.opt, self.sched = None, {}, None, None, None
 
@@ -817,7 +892,8 @@ def _loader(self:_Run, epoch:int, start:int):
 def _setup(self:_Run):
     "Optimizer, scheduler and the method's state for this stage (a resume then loads their states)."
     cfg = self.cfg
-    self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = (self.di.device.type == 'cuda') if cfg.fused_adam is None else bool(cfg.fused_adam)
+    self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     E = cfg.epochs_stage1 if self.stage == 1 else cfg.epochs_stage2
     self.sched = _scheduler(self.opt, cfg.scheduler, self.n_steps() * E)
     self.M.setup()
@@ -884,7 +960,7 @@ def _end_epoch(self:_Run, epoch:int):
     score = v['mean_auroc'] if v['mean_auroc'] == v['mean_auroc'] else -rec['loss']  # no AUROC (one class only): lowest loss
     rec = _jsonable(rec)
     if self.di.main:
-        with open(self.out/'metrics_log.jsonl', 'a') as f: f.write(json.dumps(rec) + '\n')
+        with open(self.out/'metrics_log.jsonl', 'a') as f: f.write(json.dumps(_no_nan(rec), allow_nan=False) + '\n')
         if self.best is None or score > self.best['score']:
             self.best = {'score': score, 'stage': self.stage, 'epoch': epoch + 1}
             self.save_model(self.out/'model.pt', epoch + 1, rec)
@@ -936,6 +1012,19 @@ def _truncate_log(path:Path, stage:int, epoch:int):
             (json.loads(l)['stage'], json.loads(l)['epoch']) <= (stage, epoch)]
     tmp = path.with_name(path.name + '.tmp'); tmp.write_text(''.join(l + '\n' for l in keep)); os.replace(tmp, path)
 
+# %% ../nbs/09_train.ipynb #d0b5f6a4
+@_patch
+def _store_operating_point(self:_Run):
+    "Add the operating point of the best model (OUT/model.pt) on the validation split to that file, once."
+    import copy
+    path = self.out/'model.pt'
+    if not path.is_file(): return
+    ck = load_checkpoint(path)
+    if 'operating_point' in ck: return                  # a finished run resumed: the file stays as it is
+    net = copy.deepcopy(unwrap(self.model)); net.load_state_dict(ck['model'])   # the best epoch's weights, the run's normalisation
+    r = evaluate(net, self.val_ds, batch_size=max(1, 2 * self.cfg.batch_size), amp=self.amp, limit=self.cfg.limit_val, return_maps=True)
+    save_atomic({**ck, 'operating_point': operating_point(r)}, path)
+
 # %% ../nbs/09_train.ipynb #c28df154
 @_patch
 def _run(self:_Run, resume:bool=False)->dict:
@@ -961,6 +1050,7 @@ def _run(self:_Run, resume:bool=False)->dict:
     if ck is not None: self.load(ck)
     E = cfg.epochs_stage1 if self.stage == 1 else cfg.epochs_stage2
     while self.epoch < E: self.run_epoch(self.epoch)
+    if di.main: self.store_operating_point()
     return {'out': str(self.out), 'model': str(self.out/'model.pt'), 'best': self.best, 'global_step': self.gstep, 'last': self.last}
 
 # %% ../nbs/09_train.ipynb #3be89878
@@ -1030,9 +1120,9 @@ def read_log(out:str|Path, # a run's output folder (or its metrics_log.jsonl)
 def plot_log(out:str|Path, # a run's output folder (or its metrics_log.jsonl)
             ):
     "Figure: training losses and validation AUROC per class against the epoch (both stages in a row)."
-    import matplotlib.pyplot as plt
+    from cxr_fracture.figures import subplots
     df = read_log(out)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (a, b) = subplots(1, 2, figsize=(10, 3.5), layout=None)
     x = df['step']
     for k in ('loss', 'loss_sup', 'loss_distill'):
         y = df[k].where(df[k] > 0)
@@ -1063,9 +1153,12 @@ def _train_cli(args)->int:
         cfg = TrainConfig.from_params(d)
     except (ValueError, TypeError) as e:
         print(f'cxr-fracture train: {e}', file=sys.stderr); return 2
-    r = train(cfg, resume=args.resume)
+    try: r = train(cfg, resume=args.resume)
+    except (ValueError, OSError) as e:   # bad data, a bad cache or checkpoint: one line naming the file, no traceback
+        print(f'cxr-fracture train: {e}', file=sys.stderr); return 2
     if int(os.environ.get('RANK', '0')) == 0:
-        print(json.dumps({'out': r['out'], 'model': r['model'], 'best': r['best'], 'stage1_model': r['stage1_model']}, indent=1, default=str))
+        print(json.dumps(_no_nan(_jsonable({'out': r['out'], 'model': r['model'], 'best': r['best'], 'stage1_model': r['stage1_model']})),
+                         indent=1, default=str, allow_nan=False))
     return 0
 
 def add_cli(sub): # the subparsers of the `cxr-fracture` parser

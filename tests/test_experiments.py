@@ -259,6 +259,9 @@ def test_demo_main_job(tmp_path, capsys):
     gallery = out / 'phantom_gallery.png'
     assert gallery.stat().st_size > 1000
     assert gallery.stat().st_mtime_ns < (out / 'supervised' / 'metrics_log.jsonl').stat().st_mtime_ns   # drawn before training
+    # progress: a line per epoch (stdout is not a terminal), with the time left; the reused stage 1 is not reported again
+    assert 'demo: supervised: stage 1 epoch 1/1, ' in printed and 'demo: aals: stage 2 epoch 2/2, ' in printed, printed
+    assert 'demo: aals: stage 1' not in printed and printed.count(' left\n') == 3
     # the printed table has the README's layout: the same caption and header lines, rows as wide as the header
     readme = readme_demo_block()
     heads = [l for l in readme if l.startswith('method')]

@@ -94,6 +94,17 @@ MAIN_PATHS = {
             assert M.component_froc([m], [[[0, 0, 3, 3]]]).score == 1.0
             assert M.pixel_froc([m], [[[0, 0, 3, 3]]]).score == 1.0
     ''',
+    'bench': '''
+        import runpy, io, contextlib
+        sys.argv = ['cxr_fracture.bench', 'train', '--size', '64', '--batch', '2', '--backbone', 'resnet18', '--steps', '1',
+                    '--warmup', '1', '--variants', 'fp32', 'foreach_ema']
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):    # as `PYTHONPATH=. python -m cxr_fracture.bench train ...` on a GPU box
+            try: runpy.run_module('cxr_fracture.bench', run_name='__main__', alter_sys=True)
+            except SystemExit as e: assert e.code == 0, e.code
+        out = buf.getvalue()
+        assert out.count('images/s') >= 2 and 'foreach_ema' in out, out
+    ''',
     'data': '''
         import numpy as np
         mk = M.box_masks(np.array([[0., 0., 4., 2.]]), np.array([1]), 2, 8)

@@ -352,8 +352,13 @@ def mixed_manifest(tmp_path_factory, shared_data):
             ('jpll', 'dicom/RG2_JPLL.dcm'), ('nih1', 'png/nih_00000001_000.png'), ('nih2', 'png/nih_00027426_000.png'),
             ('fa0', 'fracatlas/images/Non_fractured/' + nf[0].name), ('trunc', 'fracatlas/images/Non_fractured/' + trunc),
             ('fa1', 'fracatlas/images/Non_fractured/' + nf[1].name), ('gone', 'png/no_such_file.png'),
-            ('rg3', 'dicom/RG3_J2KR.dcm'), ('uncr', str(pdd_file('RG1_UNCR.dcm'))), ('cat', str(cat_dcm())),
+            ('rg3', 'dicom/RG3_J2KR.dcm'), ('uncr', 'ext/RG1_UNCR.dcm'), ('cat', 'ext/cat.dcm'),
             ('jlsn', 'dicom/RG1_JLSN.dcm')]
+    # one data root for all (a manifest names files inside its root only): the shared folders and the two
+    # PyPI files, linked in
+    root = d / 'root'; (root / 'ext').mkdir(parents=True)
+    for sub in ('dicom', 'png', 'fracatlas'): (root / sub).symlink_to(shared_data / sub)
+    (root / 'ext' / 'RG1_UNCR.dcm').symlink_to(pdd_file('RG1_UNCR.dcm')); (root / 'ext' / 'cat.dcm').symlink_to(cat_dcm())
     df = pd.DataFrame(rows, columns=['image_id', 'path']); df['patient_id'] = 'p' + df.index.astype(str)
     df.to_csv(d / 'manifest.csv', index=False)
     return d / 'manifest.csv', {'jply', 'trunc', 'gone'}
@@ -371,8 +376,8 @@ def reference_cache(mixed_manifest, shared_data, tmp_path_factory):
     "An uninterrupted run through the command, on 2 worker processes."
     man, bad = mixed_manifest
     out = tmp_path_factory.mktemp('ref') / 'cache'
-    r = run_cli(man, '--root', shared_data, '--size', SIZE, '--out', out, '--workers', 2)
-    assert r.returncode == 0, r.stderr
+    r = run_cli(man, '--root', man.parent / 'root', '--size', SIZE, '--out', out, '--workers', 2)
+    assert r.returncode == 1, r.stderr   # complete, some files unreadable (listed in report.csv): the rest is usable
     return out, r
 
 
@@ -409,7 +414,7 @@ def test_cache_matches_read_xray(reference_cache, shared_data):
 def test_resume_after_kill_is_identical(reference_cache, mixed_manifest, shared_data, tmp_path):
     man, _ = mixed_manifest
     out = tmp_path / 'killed'
-    p = subprocess.Popen([CLI, 'preprocess', str(man), '--root', str(shared_data), '--size', str(SIZE), '--out', str(out),
+    p = subprocess.Popen([CLI, 'preprocess', str(man), '--root', str(man.parent / 'root'), '--size', str(SIZE), '--out', str(out),
                           '--workers', '1', '--quiet'], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log, t0 = out / 'progress.jsonl', time.time()
     while time.time() - t0 < 60 and p.poll() is None and not (log.exists() and log.stat().st_size > 0): time.sleep(0.01)
@@ -417,8 +422,8 @@ def test_resume_after_kill_is_identical(reference_cache, mixed_manifest, shared_
     assert p.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
     n_done = len(log.read_bytes().splitlines())
     assert 0 < n_done < 14, n_done
-    r = run_cli(man, '--root', shared_data, '--size', SIZE, '--out', out, '--workers', 1)
-    assert r.returncode == 0, r.stderr
+    r = run_cli(man, '--root', man.parent / 'root', '--size', SIZE, '--out', out, '--workers', 1)
+    assert r.returncode == 1, r.stderr   # complete, with the 3 unreadable files
     assert 'done before (resumed)' in r.stdout
     ref = reference_cache[0]
     for f in ['images.u8', 'index.csv', 'report.csv', 'meta.json']:
@@ -429,15 +434,15 @@ def test_max_items_resume_and_settings_guard(mixed_manifest, shared_data, refere
     man, _ = mixed_manifest
     df = pd.read_csv(man)
     out = tmp_path / 'c'
-    r = build_cache(df, shared_data, out, size=SIZE, workers=1, progress=False, max_items=5)
+    r = build_cache(df, man.parent / 'root', out, size=SIZE, workers=1, progress=False, max_items=5)
     assert (r['complete'], r['ok'] + r['error']) == (False, 5)
     idx = pd.read_csv(out / 'index.csv')
     assert (idx.status == 'pending').sum() == 9
-    with pytest.raises(ValueError, match='other settings.*size'): build_cache(df, shared_data, out, size=SIZE * 2, progress=False)
-    with pytest.raises(ValueError, match='other settings.*dtype'): build_cache(df, shared_data, out, size=SIZE, dtype='uint16', progress=False)
-    with pytest.raises(ValueError, match='manifest changed'): build_cache(df.iloc[::-1], shared_data, out, size=SIZE, progress=False)
-    r = build_cache(df, shared_data, out, size=SIZE, workers=1, progress=False)
-    assert r['complete'] and r['done_before'] == 5
+    with pytest.raises(ValueError, match='other settings.*size'): build_cache(df, man.parent / 'root', out, size=SIZE * 2, progress=False)
+    with pytest.raises(ValueError, match='other settings.*dtype'): build_cache(df, man.parent / 'root', out, size=SIZE, dtype='uint16', progress=False)
+    with pytest.raises(ValueError, match='manifest changed'): build_cache(df.iloc[::-1], man.parent / 'root', out, size=SIZE, progress=False)
+    r = build_cache(df, man.parent / 'root', out, size=SIZE, workers=1, progress=False)
+    assert r['complete'] and r['done_before'] == 4   # 4 read; the 5th (RG2_JPLY) failed and was tried again
     for f in ['images.u8', 'index.csv']: assert (out / f).read_bytes() == (reference_cache[0] / f).read_bytes()
 
 
@@ -497,7 +502,7 @@ def _crashy(task):
 def test_pool_survives_a_crashing_decoder(tmp_path):
     from cxr_fracture.io import _run_pool
     for i in range(4): Image.fromarray(np.full((6, 6), 40 * i, np.uint8)).save(tmp_path / f'{i}.png')
-    tasks = [(i, str(tmp_path / f'{i}.png'), 8, np.uint8, False) for i in range(4)]
+    tasks = [(i, str(tmp_path), f'{i}.png', 8, np.uint8, False, None) for i in range(4)]
     res = {row: rec for row, buf, rec in _run_pool(_crashy, tasks, 2)}
     assert sorted(res) == [0, 1, 2, 3]
     assert res[1]['status'] == 'error' and 'crashed' in res[1]['reason'] and '1.png' in res[1]['reason']

@@ -141,8 +141,11 @@ def test_plots():
     ax1, ax2 = f.axes[:2]
     assert len(ax1.lines) == 3 + 2 and len(ax2.lines) == 2 + 2        # curves + identity + t marker
     np.testing.assert_allclose(ax1.lines[2].get_ydata(), ax1.lines[2].get_xdata(), atol=1e-5)  # y_max = 1: identity
-    g = plot_dynamic_curves(medians=(0.2, 0.6))
-    assert isinstance(g, Figure) and len(g.axes[0].lines) == 3
+    g = plot_dynamic_curves(a_values=(2.0, 4.0), medians=(0.2, 0.6, 0.8))
+    assert isinstance(g, Figure) and len(g.axes[0].lines) == 2 + 2       # curves + t marker + identity
+    assert len(g.axes[1].lines) == 2 + 1                                   # m = 0.6 and 0.8 give one (t, a): one curve
+    assert [l.get_label() for l in g.axes[1].lines[:2]] == ['m ≤ 0.3: t = 0.20, a = 6', 'm ≥ 0.6: t = 0.50, a = 4']
+    assert len(plot_aals_curves().axes[1].lines) == 4 + 2                  # the paper's a0 = 1, 4, 8, 16
 
 
 def test_stand_in_teacher_map():
