@@ -37,8 +37,21 @@ def _section(text, title):
 
 def test_readme_and_index_report_the_same_measurements():
     readme, index = (REPO / 'README.md').read_text(), _index_text()
-    for title in ('What the demo measured', 'The science on the phantom', 'Real data: FracAtlas', 'Measured figures'):
+    for title in ('What the demo measured', 'The science on the phantom', 'The AALS Table 1 on the phantom', 'Real data: FracAtlas',
+                  'Measured figures'):
         assert _section(readme, title), f'README has no section {title!r}'
         # links are relative to each file: README.md sits at the root, index.ipynb in nbs/
         same = _section(index, title).replace('](../', '](')
         assert _section(readme, title) == same, f'README and index.ipynb differ in {title!r}'
+
+
+def test_the_tour_loop_runs(tmp_path, monkeypatch):
+    "The README's train-look-slide block, run as written (in a temporary folder): every figure and the explorer are made."
+    block = re.search(r"Then the whole loop in a notebook.*?```python\n(.*?)```", (REPO / 'README.md').read_text(), re.S).group(1)
+    assert block in _index_text(), 'the tour block differs between README.md and index.ipynb'
+    monkeypatch.chdir(tmp_path)
+    ns = {}
+    exec(compile(block, 'README tour', 'exec'), ns)
+    assert (tmp_path / 'tour' / 'aals' / 'model.pt').is_file()
+    assert len(list((tmp_path / 'tour' / 'predict' / 'overlays').glob('*.png'))) == 40
+    assert len(ns['p']) == 40 and (ns['p']['error'] == '').all()
