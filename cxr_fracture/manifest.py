@@ -755,25 +755,28 @@ def build_dicom_folder(root,                   # folder to scan recursively
                    and not any(part.startswith('.') for part in (Path(d) / f).relative_to(root).parts))
     rep = dict(files=len(files), dicom=0, not_dicom=[], unreadable=[], no_patient_id=[], identifier_in_path=[], duplicate_sop=[])
     rows, seen = [], {}
+    def named(rel:str)->str:   # a report line names a file by its path, unless the path looks like it holds an identifier
+        why = next((w for w, rx in _ID_PATTERNS if rx.search(rel)), None)
+        return rel if why is None else f'file {pseudonym(rel, salt, "image")} (path not shown: it looks like it holds {why})'
     from cxr_fracture.io import progress_bar
     it = progress_bar(len(files), 0, progress, desc='DICOM headers', unit='file', iterable=files) or files
     for p in it:
         rel = p.relative_to(root).as_posix()
         ds, why = _is_dicom(p)
         if ds is None:
-            (rep['not_dicom'] if why == 'not a DICOM file' else rep['unreadable']).append(f'{rel}: {why}'); continue
+            (rep['not_dicom'] if why == 'not a DICOM file' else rep['unreadable']).append(f'{named(rel)}: {why}'); continue
         if 'PixelData' not in ds and 'Rows' not in ds:
-            rep['unreadable'].append(f'{rel}: DICOM without an image (no Rows/PixelData; SOP class {ds.get("SOPClassUID", "?")})'); continue
+            rep['unreadable'].append(f'{named(rel)}: DICOM without an image (no Rows/PixelData; SOP class {ds.get("SOPClassUID", "?")})'); continue
         pid, name = str(ds.get('PatientID', '') or '').strip(), str(ds.get('PatientName', '') or '').strip()
         skey = str(ds.get(study_key, '') or '').strip() or str(ds.get('StudyInstanceUID', '') or '').strip()
         sop = str(ds.get('SOPInstanceUID', '') or '').strip()
         iid = pseudonym(sop or rel, salt, 'image')
-        if iid in seen: rep['duplicate_sop'].append(f'{rel}: same SOPInstanceUID as {seen[iid]}; image id made from the path'); iid = pseudonym(rel, salt, 'image')
+        if iid in seen: rep['duplicate_sop'].append(f'{named(rel)}: same SOPInstanceUID as {named(seen[iid])}; image id made from the path'); iid = pseudonym(rel, salt, 'image')
         seen[iid] = rel
         for raw in (pid, name, *name.split('^')):
             if len(raw) >= 3 and raw.lower() in rel.lower() and link_dir is None:   # the report names the image pseudonym, not the path
                 rep['identifier_in_path'].append(f'{iid}: its path contains the patient id or a part of the name; rename the files, or use --link-dir'); break
-        if not pid: rep['no_patient_id'].append(f'{rel}: no PatientID; patient pseudonym taken from the study')
+        if not pid: rep['no_patient_id'].append(f'{named(rel)}: no PatientID; patient pseudonym taken from the study')
         if link_dir is not None:
             ld = Path(link_dir); ld.mkdir(parents=True, exist_ok=True)
             ln = ld/f'{iid}.dcm'

@@ -355,3 +355,15 @@ def test_salt_on_the_command_line_gets_a_note(tmp_path):
     tiny_dicom(tmp_path / 'dcm' / 'x.dcm', np.zeros((40, 40)), PatientID='p')
     r = run('build-manifest', 'dicom-folder', tmp_path / 'dcm', '--out', tmp_path / 'm.csv', '--quiet', '--salt', 's')
     assert r.returncode == 0 and 'CXR_FRACTURE_SALT' in r.stderr, r.stderr
+
+
+def test_dicom_folder_report_never_prints_an_identifier_in_a_path(tmp_path):
+    "Files the builder cannot use are reported by a pseudonym when their path looks like it holds an identifier (item 8)."
+    d = tmp_path / 'dcm' / 'MRN-8675309'; d.mkdir(parents=True)
+    (d / 'notes.txt').write_text('not an image')
+    (d / '19510423').mkdir(); (d / '19510423' / 'scan.dcm').write_bytes(b'\0' * 128 + b'DICM' + b'\0' * 10)   # truncated
+    tiny_dicom(tmp_path / 'dcm' / 'ok.dcm', np.zeros((40, 40)), PatientID='p1')
+    r = run('build-manifest', 'dicom-folder', tmp_path / 'dcm', '--out', tmp_path / 'm.csv', env={'CXR_FRACTURE_SALT': 's'})
+    out = (r.stdout + r.stderr).replace(str(tmp_path), '')
+    assert '8675309' not in out and '19510423' not in out, out
+    assert 'path not shown' in out, out
