@@ -4,8 +4,7 @@
 
 # %% ../nbs/09b_bench.ipynb #e70f35b5
 from __future__ import annotations
-import argparse, json, math, os, statistics, sys, tempfile, time
-from contextlib import contextmanager
+import argparse, json, statistics, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 import torch
