@@ -6,8 +6,8 @@
 __all__ = ['PATH_PARAMS', 'KEYWORDS', 'GRID_KEYS', 'DATA_PARAMS', 'COCO_COLS', 'METRIC_COLS', 'COCO_METRIC_COLS', 'DEMO_METHODS',
            'experiments_dir', 'template_parameters', 'load_preset', 'parse_value', 'resolve_params', 'RunFailed',
            'run_experiment', 'start_attempt', 'end_attempt', 'expand_grid', 'slurm_script', 'prepare_data', 'sweep',
-           'collect_runs', 'comparison_table', 'froc_points', 'plot_froc_curves', 'EpochProgress', 'demo',
-           'format_comparison', 'add_cli']
+           'collect_runs', 'comparison_table', 't_interval', 'over_seeds', 'fmt_interval', 'froc_points',
+           'plot_froc_curves', 'EpochProgress', 'demo', 'format_comparison', 'add_cli']
 
 # %% ../nbs/12_experiments.ipynb #9a068fc7
 import ast, itertools, json, os, subprocess, sys, time
@@ -369,6 +369,54 @@ def comparison_table(runs:pd.DataFrame, # from `collect_runs`
     tab = results_table(wide, by=by, digits=digits)
     if order is not None: tab = tab.loc[[o for o in order if o in tab.index]]
     return tab
+
+# %% ../nbs/12_experiments.ipynb #b2c3d4e5
+def t_interval(x, # values, one per seed (NaN dropped)
+               level:float=0.95,
+              ) -> dict: # n, mean, sd, lo, hi (lo/hi NaN when n < 2)
+    "Mean and Student-t confidence interval of a small sample (seeds)."
+    import numpy as np
+    from scipy import stats
+    x = np.asarray(x, float); x = x[~np.isnan(x)]; n = len(x)
+    if n == 0: return dict(n=0, mean=float('nan'), sd=float('nan'), lo=float('nan'), hi=float('nan'))
+    m = float(x.mean())
+    if n < 2: return dict(n=1, mean=m, sd=float('nan'), lo=float('nan'), hi=float('nan'))
+    sd = float(x.std(ddof=1)); h = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / n ** 0.5
+    return dict(n=n, mean=m, sd=sd, lo=m - h, hi=m + h)
+
+def over_seeds(runs:pd.DataFrame, # from `collect_runs`: one run per method, seed and fold
+               metrics=METRIC_COLS + ('coco_ap', 'coco_ap40'), # result columns (those no run has are left out)
+               against=('supervised', 'mean_teacher'), # reference arms for the paired differences
+               level:float=0.95,
+              ) -> pd.DataFrame: # method, cls, metric, n, mean, sd, lo, hi, and per reference vs_REF, vs_REF_lo, vs_REF_hi, vs_REF_n
+    "Mean and t interval over seeds per method, class and metric, and the paired (seed, fold) difference against each reference arm."
+    keys = ['seed', 'fold']
+    dup = runs.duplicated(['method', 'cls', *keys], keep=False)
+    if dup.any():
+        r = runs[dup].iloc[0]
+        raise ValueError(f"over_seeds: several runs of method {r['method']!r} for seed {r['seed']}, fold {r['fold']} "
+                         f"({', '.join(map(str, runs[dup].run.unique()[:3]))}): give each arm its own `method` label first")
+    metrics = [k for k in metrics if k in runs and pd.to_numeric(runs[k], errors='coerce').notna().any()]
+    rows = []
+    for (m, c), g in runs.groupby(['method', 'cls'], sort=False):
+        for k in metrics:
+            v = pd.to_numeric(g.set_index(keys)[k], errors='coerce')
+            if v.isna().all(): continue
+            row = dict(method=m, cls=c, metric=k, **t_interval(v, level))
+            for ref in against:
+                sel = runs[(runs.method == ref) & (runs.cls == c)]
+                if ref == m or sel.empty: continue
+                d = (v - pd.to_numeric(sel.set_index(keys)[k], errors='coerce')).dropna()
+                ti = t_interval(d, level)
+                row.update({f'vs_{ref}': ti['mean'], f'vs_{ref}_lo': ti['lo'], f'vs_{ref}_hi': ti['hi'], f'vs_{ref}_n': ti['n']})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+def fmt_interval(mean:float, lo:float, hi:float, digits:int=3, signed:bool=False) -> str:
+    "'0.492 [0.401, 0.583]' (no interval: the mean alone; no value: '')."
+    if mean != mean: return ''
+    f = f'{{:{"+" if signed else ""}.{digits}f}}'
+    return f.format(mean) + ('' if lo != lo else f' [{f.format(lo)}, {f.format(hi)}]')
 
 # %% ../nbs/12_experiments.ipynb #9a1287ea
 def froc_points(runs:pd.DataFrame, # from `collect_runs`
