@@ -22,7 +22,7 @@ from .io import read_xray, letterbox, untransform_boxes, progress_bar, Unreadabl
 from .model import MODEL_CONFIGS, imagenet_stats
 from .metrics import paint_boxes
 from .detectors import build_network, DETECTORS
-from .train import load_checkpoint, OPERATING_FP
+from .train import load_checkpoint, restore_normalisation, OPERATING_FP
 
 # %% ../nbs/11_infer.ipynb #e8022846
 SPEC_VERSION = 1          # of the inference description (`model_spec`) that exported files carry
@@ -94,11 +94,7 @@ def _torch_net(ck:dict, path:Path)->nn.Module:
         first = str(e).strip().splitlines()[0][:300]
         raise ValueError(f'{path}: a model file of another version of cxr-fracture: its weights do not fit the network '
                          f'it names ({first}); retrain, or use the version that trained it') from None
-    if hasattr(net, 'norm'):   # CheXNet, detectors: their normalisation is not in the state dict
-        spec = model_spec(ck)
-        net.norm.mean.copy_(torch.tensor(spec['normalisation']['mean']).view_as(net.norm.mean))
-        net.norm.std.copy_(torch.tensor(spec['normalisation']['std']).view_as(net.norm.std))
-    return net.eval()
+    return restore_normalisation(net, ck).eval()   # CheXNet, detectors: their normalisation is not in the state dict
 
 # %% ../nbs/11_infer.ipynb #f9a5e875
 class Predictor:

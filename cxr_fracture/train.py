@@ -20,7 +20,7 @@ __all__ = ['TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'OPERATING_FP', 'Tra
            'Supervised', 'EMATeacherMethod', 'MeanTeacher', 'AALS', 'Symmetric', 'PiModel', 'TemporalEnsembling',
            'DynamicSharpening', 'DynamicEMA', 'DynamicConst', 'model_stride', 'load_data', 'make_dataset',
            'resolved_losses', 'stage1_config', 'stage1_folder', 'FileLock', 'evaluate', 'operating_point',
-           'data_warnings', 'train', 'load_trained', 'read_log', 'plot_log', 'add_cli']
+           'data_warnings', 'train', 'load_trained', 'restore_normalisation', 'read_log', 'plot_log', 'add_cli']
 
 # %% ../nbs/09_train.ipynb #ce29eb43
 from .io import progress_bar
@@ -1106,7 +1106,20 @@ def load_trained(path:str|Path, # a model.pt written by `train`
     ck = load_checkpoint(path)
     net = build_network(ck['model_kwargs'])
     net.load_state_dict(ck['model'])
+    restore_normalisation(net, ck)
     return net.to(device).eval()
+
+def restore_normalisation(net:nn.Module, # a CheXNet or detector rebuilt from `ck['model_kwargs']` (others are left as they are)
+                          ck:dict,       # its model.pt, as loaded
+                         )->nn.Module:
+    """Put back the fixed input standardisation a CheXNet or detector was trained with: ImageNet's statistics exactly
+    when it was trained from ImageNet weights. It is not in their state dict (the map model's is), and rebuilding the
+    network from its keyword arguments alone, without the weights file, would leave it out."""
+    if hasattr(net, 'norm'):
+        from cxr_fracture.model import imagenet_stats
+        m, s = imagenet_stats(int(ck['model_kwargs'].get('in_channels', 1))) if ck['config'].get('weights') else (torch.zeros(1), torch.ones(1))
+        net.norm.mean.copy_(m.expand_as(net.norm.mean)); net.norm.std.copy_(s.expand_as(net.norm.std))
+    return net
 
 def read_log(out:str|Path, # a run's output folder (or its metrics_log.jsonl)
             )->pd.DataFrame:
