@@ -381,18 +381,18 @@ class MixedBatchSampler(torch.utils.data.Sampler):
     def __len__(self): return self.n_batches
 
     def _stream(self, pool, nb, k, key):
-        "(nb, k) indices: consecutive permutations of `pool` seeded by (seed, epoch, key, cycle), no repeat within a row."
+        "(nb, k) indices: consecutive permutations of `pool` seeded by (seed, epoch, key, cycle), no repeat within a row (unless the pool is smaller than k)."
         out = np.zeros((nb, k), np.int64)
         if k == 0: return out
         rng = lambda c: np.random.default_rng([self.seed, self.epoch, key, c])
         cycle, perm, pos = 0, rng(0).permutation(pool), 0
         for b in range(nb):
             take = perm[pos:pos + k]; pos += len(take)
-            if len(take) < k:  # this permutation is used up: continue with the next one
+            while len(take) < k:  # this permutation is used up: continue with the next one (several, if the pool is smaller than k)
                 cycle += 1; nxt = rng(cycle).permutation(pool)
                 if len(pool) >= k:  # keep one global batch free of repeats: defer the ones it already has
                     dup = np.isin(nxt, take); nxt = np.concatenate([nxt[~dup], nxt[dup]])
-                need = k - len(take); take = np.concatenate([take, nxt[:need]]); perm, pos = nxt, need
+                need = k - len(take); take = np.concatenate([take, nxt[:need]]); perm, pos = nxt, min(need, len(nxt))
             out[b] = take
         return out
 
