@@ -302,7 +302,7 @@ def test_benchmark_runner(tmp_path, monkeypatch, capfd):
     real = {p.stem for p in (REPO / 'tests' / 'benchmarks').glob('bench_*.py')}
     assert set(listed) == real and listed['bench_science'] == listed['bench_fracatlas'] == 'skip'
     long = set(mod.main.__globals__['LONG'])
-    assert {'bench_science', 'bench_fracatlas', 'bench_table1'} <= long
+    assert {'bench_science', 'bench_fracatlas', 'bench_table1', 'bench_calibrate'} <= long
     assert {k for k, v in listed.items() if v == 'run'} == real - long and all(listed[k] == 'skip' for k in long & real)
     assert 'bench_science' in mod.main.__globals__['LONG'] and (REPO / 'Makefile').read_text().count('tests/benchmarks/run_all.py') == 1
     # a fake benchmarks folder: one fails, the next still runs, the exit status says so
@@ -382,3 +382,16 @@ def test_comparison_table_with_a_class_no_run_scored():
     assert list(tab.index) == ['supervised', 'aals']
     assert tab.loc['aals', 'rib_fracture auroc'] == '0.650 ± 0.071'
     assert tab.loc['aals', 'clavicle_fracture auroc'] == 'nan'
+
+
+def test_calibration_script_runs(tmp_path):
+    "bench_calibrate.py (issue 13's calibration of the phantom) at toy size: it trains, scores the validation split, writes its table."
+    import pandas as pd
+    r = subprocess.run([sys.executable, str(REPO / 'tests' / 'benchmarks' / 'bench_calibrate.py'), '--out', str(tmp_path), '--smoke',
+                        '--only', 'm4_n1200'], cwd=REPO / 'tests' / 'benchmarks', capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tab = pd.read_csv(tmp_path / 'calibration.csv')
+    assert list(tab.candidate) == ['m4_n1200'] and {'rib_fracture_auroc', 'rib_fracture_median_peak'} <= set(tab.columns)
+    r2 = subprocess.run([sys.executable, str(REPO / 'tests' / 'benchmarks' / 'bench_calibrate.py'), '--out', str(tmp_path), '--smoke',
+                         '--only', 'm4_n1200'], cwd=REPO / 'tests' / 'benchmarks', capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0 and 'not run again' in r2.stdout

@@ -24,6 +24,7 @@ LONG = {  # name -> why it is not run by default
     'bench_science': 'hours on a CPU: the science comparison over seeds and the ablations',
     'bench_fracatlas': 'real data (../shared/data/fracatlas), long training',
     'bench_table1': 'about an hour on a CPU: the AALS Table 1 methods on the phantom over 3 seeds',
+    'bench_calibrate': "an hour on a CPU: the supervised arm on each candidate phantom setting (issue 13's calibration)",
 }
 ENV = 'CXR_BENCH_RESULTS'   # the file each benchmark appends its figures to (see _report.py)
 FORMAT = 1                  # of results.json
