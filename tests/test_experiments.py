@@ -388,10 +388,10 @@ def test_calibration_script_runs(tmp_path):
     "bench_calibrate.py (issue 13's calibration of the phantom) at toy size: it trains, scores the validation split, writes its table."
     import pandas as pd
     r = subprocess.run([sys.executable, str(REPO / 'tests' / 'benchmarks' / 'bench_calibrate.py'), '--out', str(tmp_path), '--smoke',
-                        '--only', 'm4_n1200'], cwd=REPO / 'tests' / 'benchmarks', capture_output=True, text=True, timeout=600)
+                        '--only', 'm4_n1200_r20'], cwd=REPO / 'tests' / 'benchmarks', capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     tab = pd.read_csv(tmp_path / 'calibration.csv')
-    assert list(tab.candidate) == ['m4_n1200'] and {'rib_fracture_auroc', 'rib_fracture_median_peak'} <= set(tab.columns)
+    assert list(tab.candidate) == ['m4_n1200_r20'] and {'rib_fracture_auroc', 'rib_fracture_median_peak'} <= set(tab.columns)
     r2 = subprocess.run([sys.executable, str(REPO / 'tests' / 'benchmarks' / 'bench_calibrate.py'), '--out', str(tmp_path), '--smoke',
-                         '--only', 'm4_n1200'], cwd=REPO / 'tests' / 'benchmarks', capture_output=True, text=True, timeout=600)
+                         '--only', 'm4_n1200_r20'], cwd=REPO / 'tests' / 'benchmarks', capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0 and 'not run again' in r2.stdout

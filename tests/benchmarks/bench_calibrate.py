@@ -27,13 +27,16 @@ PAPER = {'rib_fracture': (0.9025, 0.7267), 'clavicle_fracture': (0.9174, 0.7967)
 # What varies: the fractures' size (magnitude) and visibility (vis_beta), the share of clavicle fractures, the data
 # set's size, R's share (raised only as far as a CPU-sized set needs to hold a few dozen boxes), and the epochs.
 BASE = dict(phantom_positive_rate=0.1032, phantom_size=256, size=160, model='demo', method='supervised', epochs_stage2=0)
-CANDIDATES = {
-    'm2.5_n1200':     dict(phantom_n=1200, phantom_r_fraction=0.119, phantom_options={'magnitude': 2.5}, epochs_stage1=12),
-    'm4_n1200':       dict(phantom_n=1200, phantom_r_fraction=0.119, phantom_options={'magnitude': 4.0}, epochs_stage1=12),
-    'm4_n2400_r20':   dict(phantom_n=2400, phantom_r_fraction=0.2, phantom_options={'magnitude': 4.0, 'clavicle_prob': 0.3}, epochs_stage1=12),
-    'm6_n2400_r20':   dict(phantom_n=2400, phantom_r_fraction=0.2, phantom_options={'magnitude': 6.0, 'clavicle_prob': 0.3}, epochs_stage1=12),
-    'm6v_n2400_r20':  dict(phantom_n=2400, phantom_r_fraction=0.2, phantom_options={'magnitude': 6.0, 'clavicle_prob': 0.3, 'vis_beta': [4.0, 1.0]},
-                           epochs_stage1=12),
+CANDIDATES = {   # name: overrides of BASE and the preset; run in this order
+    # the science preset of stop 17 (the demo's fractures at the paper's proportions): the reference point
+    'm2.5_n1200':       dict(phantom_n=1200, phantom_r_fraction=0.119, phantom_options={'magnitude': 2.5}, epochs_stage1=12),
+    # larger fractures, R 20% of the positives (R : P = 1 : 4), clavicle 30% of the fractures (else a 1,200-image set holds ~10)
+    'm4_n1200_r20':     dict(phantom_n=1200, phantom_r_fraction=0.2, phantom_options={'magnitude': 4.0, 'clavicle_prob': 0.3}, epochs_stage1=12),
+    'm6_n1200_r20':     dict(phantom_n=1200, phantom_r_fraction=0.2, phantom_options={'magnitude': 6.0, 'clavicle_prob': 0.3}, epochs_stage1=12),
+    # and twice the images (twice the boxes), more visible fractures
+    'm4_n2400_r20':     dict(phantom_n=2400, phantom_r_fraction=0.2, phantom_options={'magnitude': 4.0, 'clavicle_prob': 0.3}, epochs_stage1=12),
+    'm6v_n2400_r20':    dict(phantom_n=2400, phantom_r_fraction=0.2, phantom_options={'magnitude': 6.0, 'clavicle_prob': 0.3, 'vis_beta': [4.0, 1.0]},
+                             epochs_stage1=12),
 }
 
 
