@@ -146,6 +146,14 @@ def end_attempt(out:str|Path, # the run folder
 # %% ../nbs/12_experiments.ipynb #96fe435e
 def _fmt(v): return str(v).replace('/', '_').replace(' ', '')
 
+def _fill(k:str, v, point:dict):
+    "A string parameter naming other parameters of its run in braces, filled in: root: runs/x/phantom_seed{seed}."
+    if not isinstance(v, str) or '{' not in v: return v
+    try: return v.format_map({q: w for q, w in point.items() if not (isinstance(w, str) and '{' in w)})
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"grid file: {k}: {v!r} names {e} in braces, which is not a parameter of its run "
+                         f"({', '.join(sorted(point))})") from None
+
 GRID_KEYS = ('preset', 'out', 'params', 'grid', 'runs')  # the keys of a grid file
 
 def expand_grid(spec:dict|str|Path, # a grid mapping or its YAML file
@@ -173,6 +181,7 @@ def expand_grid(spec:dict|str|Path, # a grid mapping or its YAML file
         for combo in itertools.product(*(grid[k] for k in keys)):
             point = {**entry, **dict(zip(keys, combo))}
             ov = {**(spec.get('params') or {}), **point}
+            ov = {k: _fill(k, v, ov) for k, v in ov.items()}
             parts = ([_fmt(label)] if label is not None else [f'{k}-{_fmt(v)}' for k,v in entry.items()]) \
                     + [f'{k}-{_fmt(v)}' for k,v in zip(keys, combo)]
             name = '_'.join(parts) or 'run'

@@ -1,0 +1,74 @@
+"""The claims notebook (nbs/experiments/science.ipynb) through papermill on a made-up runs folder whose answers are known."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCIENCE = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'science.ipynb'
+CHEST = ('rib_fracture', 'clavicle_fracture')
+
+
+def fake_run(d: Path, method, seed, values, **cfg):
+    "A run folder with the metrics.json the training template writes; `values` maps metric -> value for every class."
+    d.mkdir(parents=True)
+    res = {c: {'n_test_pos': 30, 'n_test_neg': 90, 'auroc_ci': [0.5, 0.9], 'pixel_froc_ci': [0.1, 0.9], 'component_froc_ci': [0.0, 0.5],
+               'pixel_froc': values.get('pixel_froc', 0.5), 'component_froc': values.get('component_froc', 0.2),
+               'auroc': values.get('auroc', 0.8), 'recall_at_fp_0.1': 0.1} for c in CHEST}
+    config = {**dict(data='phantom', method=method, seed=seed, fold=0, t=0.4, a0=4.0, a=4.0), **cfg}
+    (d / 'metrics.json').write_text(json.dumps({'config': config, 'results': res, 'timing': {'train_seconds': 60.0}}))
+
+
+@pytest.fixture(scope='module')
+def science(tmp_path_factory):
+    import papermill as pm
+    root = tmp_path_factory.mktemp('science'); runs, out = root / 'runs', root / 'out'
+    for s in range(4):
+        fake_run(runs / f'sup{s}', 'supervised', s, {'pixel_froc': 0.60 + 0.01 * s})
+        fake_run(runs / f'mt{s}', 'mean_teacher', s, {'pixel_froc': 0.70 + 0.02 * s, 'auroc': 0.85 - 0.01 * s})
+        # AALS: clearly above Mean Teacher on FROC in every seed; below it on AUROC in every seed
+        fake_run(runs / f'aals{s}', 'aals', s, {'pixel_froc': 0.78 + 0.015 * s, 'auroc': 0.80 - 0.012 * s})
+        fake_run(runs / f'aals_t2_{s}', 'aals', s, {'pixel_froc': 0.78 + 0.03 * (-1) ** s}, **{'t': 0.2})   # t = 0.2: a coin flip
+    fake_run(runs / 'dyn0', 'dynamic', 0, {'component_froc': 0.5})   # one seed only
+    cal = root / 'calibration.csv'
+    pd.DataFrame([dict(candidate='m4', seconds=10, rib_fracture_auroc=0.88, rib_fracture_pixel_froc=0.7)]).to_csv(cal, index=False)
+    nb = pm.execute_notebook(str(SCIENCE), str(root / 'science.ipynb'), kernel_name='python3', progress_bar=False, cwd=str(root),
+                             parameters={'runs_dir': str(runs), 'out_dir': str(out), 'calibration_csv': str(cal)})
+    return out, nb
+
+
+def verdicts(out):
+    c = pd.read_csv(out / 'science_claims.csv')
+    return {(r.A, r.B, r.metric): r.verdict for r in c.itertuples()}
+
+
+def test_verdicts_follow_the_intervals(science):
+    out, _ = science
+    v = verdicts(out)
+    assert v[('aals', 'mean_teacher', 'rib pixel_froc')] == 'reproduced'
+    assert v[('aals', 'supervised', 'rib pixel_froc')] == 'reproduced'
+    assert v[('aals', 'mean_teacher', 'rib auroc')].startswith('not reproduced: the opposite')
+    assert v[('aals', 'aals t=0.2 a0=4', 'rib pixel_froc')].startswith('inconclusive at this power (4 seeds)')
+    assert v[('dynamic', 'mean_teacher', 'rib component_froc')] == 'inconclusive: one seed, no interval'
+    assert v[('oxnet', 'retinanet', 'rib coco_ap')] == 'not run'
+    c = pd.read_csv(out / 'science_claims.csv')
+    row = c[(c.A == 'aals') & (c.B == 'mean_teacher') & (c.metric == 'rib pixel_froc')].iloc[0]
+    assert row['paper: A / B'] == '0.8914 / 0.854' and row['seeds'] == 4
+    assert row['A − B (paired)'].startswith('+0.0')     # 0.08 + 0.005 s - 0.02 s: +0.0725 on average
+
+
+def test_outputs_and_figure(science):
+    out, nb = science
+    for f in ('science_claims.csv', 'science_claims.md', 'science_claims.png', 'science_per_run.csv'):
+        assert (out / f).stat().st_size > 0, f
+    assert (out / 'science_claims.md').read_text().startswith('| paper | claim |')
+    figs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
+    assert len(figs) == 1
+
+
+def test_several_runs_of_one_arm_is_an_error(tmp_path):
+    import papermill as pm
+    fake_run(tmp_path / 'runs' / 'a', 'aals', 0, {}); fake_run(tmp_path / 'runs' / 'b', 'aals', 0, {})
+    with pytest.raises(pm.PapermillExecutionError, match='several runs of one arm'):
+        pm.execute_notebook(str(SCIENCE), str(tmp_path / 'o.ipynb'), kernel_name='python3', progress_bar=False, cwd=str(tmp_path),
+                            parameters={'runs_dir': str(tmp_path / 'runs'), 'out_dir': str(tmp_path / 'out')})
