@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'OPERATING_FP', 'TrainConfig', 'DistInfo', 'resolve_device',
-           'init_distributed', 'step_seed', 'seed_all', 'rng_state', 'set_rng_state', 'save_atomic', 'load_checkpoint',
-           'check_resume_config', 'pair_weights', 'sup_loss', 'distill_loss', 'combine_losses', 'MapMethod',
-           'Supervised', 'EMATeacherMethod', 'MeanTeacher', 'AALS', 'Symmetric', 'PiModel', 'TemporalEnsembling',
-           'DynamicSharpening', 'DynamicEMA', 'DynamicConst', 'model_stride', 'load_data', 'make_dataset',
-           'resolved_losses', 'stage1_config', 'stage1_folder', 'FileLock', 'evaluate', 'operating_point',
-           'data_warnings', 'train', 'load_trained', 'restore_normalisation', 'read_log', 'plot_log', 'add_cli']
+__all__ = ['TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'LATER_FIELDS', 'OPERATING_FP', 'TrainConfig', 'DistInfo',
+           'resolve_device', 'init_distributed', 'step_seed', 'seed_all', 'rng_state', 'set_rng_state', 'save_atomic',
+           'load_checkpoint', 'check_resume_config', 'pair_weights', 'sup_loss', 'distill_loss', 'combine_losses',
+           'MapMethod', 'Supervised', 'EMATeacherMethod', 'MeanTeacher', 'AALS', 'Symmetric', 'PiModel',
+           'TemporalEnsembling', 'DynamicSharpening', 'DynamicEMA', 'DynamicConst', 'model_stride', 'load_data',
+           'select_p_subset', 'make_dataset', 'resolved_losses', 'stage1_config', 'stage1_folder', 'FileLock',
+           'evaluate', 'operating_point', 'data_warnings', 'train', 'load_trained', 'restore_normalisation', 'read_log',
+           'plot_log', 'add_cli']
 
 # %% ../nbs/09_train.ipynb #ce29eb43
 from .io import progress_bar
@@ -80,6 +81,7 @@ class TrainConfig:
     method:str = 'aals'             # a key of METHODS
     loss_form:str = 'sum'           # 'sum': AALS eq. 5, per-image losses summed over R∪N and over P, batches in the data's proportions; 'mean': each term averaged over its own pairs
     p_fraction:float|None = None    # share of P images in every stage-2 batch (None: the data's proportion, each image once per epoch)
+    p_subset:float = 1.0            # share of the training split's P images stage 2 uses, drawn by seed (AALS Fig. 3: 0.2, 0.6, 1)
     distill_weight:float = 1.0      # lambda, weight of the distillation term (papers: 1: L is L_sup + L_semi)
     consistency:str|None = None     # distillation loss 'kl' or 'mse' (None: the method's paper's)
     p_negative:str = 'zero'         # a P image's classes labelled 0, for methods using image labels: 'zero' (zero mask, supervised) or 'none' (no loss); paper: silent
@@ -145,6 +147,7 @@ class TrainConfig:
         for k, ok in choices.items():
             if getattr(self, k) not in ok: raise ValueError(f'{k}={getattr(self, k)!r} is not one of {ok}')
         if self.p_fraction is not None and not 0 <= self.p_fraction < 1: raise ValueError(f'p_fraction must be None or lie in [0, 1), got {self.p_fraction}')
+        if not 0 < self.p_subset <= 1: raise ValueError(f'p_subset must lie in (0, 1], got {self.p_subset} (no P at all is supervised pre-training: method supervised)')
         if self.batch_size < 1: raise ValueError('batch_size must be >= 1')
         if self.holdout_test <= 0: raise ValueError('holdout_test must be > 0')
         return self
@@ -562,6 +565,17 @@ def _cache_complete(cache:Path, df:pd.DataFrame, size:int)->bool:
     st = ix.reindex(df['image_id'].astype(str))
     return bool(st.isin(['ok', 'error']).all())
 
+def select_p_subset(df:pd.DataFrame, # a manifest with `split` and `role`
+             share:float,     # the share of the training split's P images kept
+             seed:int,        # draws which
+            )->pd.DataFrame:  # the manifest, the P images left out marked split 'p_unused'
+    "The AALS paper's P subsets (Fig. 3): keep round(share x n) of the training split's P images, drawn by `seed` (a smaller share is a subset of a larger one); the rest leave the training split."
+    df = df.copy()
+    idx = np.nonzero(((df['split'].astype(str) == 'train') & (df['role'].astype(str) == 'P')).to_numpy())[0]
+    keep = np.random.default_rng([int(seed), 7]).permutation(idx)[:int(round(float(share) * len(idx)))]
+    split = np.array(df['split'].astype(str), dtype=object); split[np.setdiff1d(idx, keep)] = 'p_unused'; df['split'] = split
+    return df
+
 def make_dataset(cfg:TrainConfig, # the run's configuration
                  split:str,       # 'train', 'val' or 'test'
                  df=None, classes=None, cache=None, # from `load_data` (loaded when None)
@@ -575,7 +589,7 @@ def make_dataset(cfg:TrainConfig, # the run's configuration
                            box_roles=('R', 'N') if split == 'train' else None)
 
 # %% ../nbs/09_train.ipynb #a6338248
-STAGE2_FIELDS = ('method', 'loss_form', 'p_fraction', 'distill_weight', 'consistency', 'p_negative', 'rampup_epochs',
+STAGE2_FIELDS = ('method', 'loss_form', 'p_fraction', 'p_subset', 'distill_weight', 'consistency', 'p_negative', 'rampup_epochs',
                  't', 'a0', 'a', 'temperature', 'alpha', 'te_alpha', 'self_teacher_bn', 'epochs_stage2', 'init',
                  'gpa_beta', 'gpa_delta', 'gpa_pairs', 'gpa_distance', 'sfl_alpha', 'sfl_epsilon', 'sfl_gamma', 'sfl_norm')  # do not change stage 1
 
@@ -595,8 +609,10 @@ def stage1_config(cfg:TrainConfig)->TrainConfig:
     d['out'] = str(stage1_folder(cfg, _key(d)))
     return TrainConfig.from_dict(d)
 
+LATER_FIELDS = {'p_subset': 1.0}   # fields added after stage-1 folders existed: left out of the key at their default, so old folders keep theirs
+
 def _key(d:dict)->str:
-    d = {k: v for k, v in d.items() if k not in RESUME_FREE}
+    d = {k: v for k, v in d.items() if k not in RESUME_FREE and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 def stage1_folder(cfg:TrainConfig, key:str)->Path:
@@ -787,6 +803,7 @@ class _Run:
         self.amp = (dev.type == 'cuda') if cfg.amp is None else bool(cfg.amp and dev.type == 'cuda')
         self.cl = (dev.type == 'cuda') if cfg.channels_last is None else bool(cfg.channels_last)
         self.df, self.classes, self.cache = load_data(cfg, di)
+        if self.stage == 2 and cfg.p_subset < 1: self.df = select_p_subset(self.df, cfg.p_subset, cfg.seed)
         self.train_ds = make_dataset(cfg, 'train', self.df, self.classes, self.cache)
         self.val_ds = make_dataset(cfg, 'val', self.df, self.classes, self.cache)
         roles = np.asarray(self.train_ds.roles)
