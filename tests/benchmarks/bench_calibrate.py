@@ -39,6 +39,9 @@ CANDIDATES = {   # name: overrides of BASE and the preset; run in this order
     'm4_n2400_r20':     dict(phantom_n=2400, phantom_r_fraction=0.2, phantom_options={'magnitude': 4.0, 'clavicle_prob': 0.3}, epochs_stage1=12),
     'm6v_n2400_r20':    dict(phantom_n=2400, phantom_r_fraction=0.2, phantom_options={'magnitude': 6.0, 'clavicle_prob': 0.3, 'vis_beta': [4.0, 1.0]},
                              epochs_stage1=12),
+    # and a longer schedule on them
+    'm6v_n2400_r20_e24': dict(phantom_n=2400, phantom_r_fraction=0.2, phantom_options={'magnitude': 6.0, 'clavicle_prob': 0.3, 'vis_beta': [4.0, 1.0]},
+                              epochs_stage1=24),
 }
 
 
