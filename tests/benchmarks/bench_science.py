@@ -1,9 +1,10 @@
 """The science, as a benchmark (not CI): on the phantom, in the AALS paper's low-sensitivity regime (the `science`
-preset: about 1 image in 10 with a fracture, 12% of the positives with boxes), does AALS beat supervised pre-training
+preset, calibrated to the paper's operating point in issue 13; `--preset science_2026_12_02` is the weaker one the
+README's science section ran on), does AALS beat supervised pre-training
 and Mean Teacher on the pixel FROC (AALS paper, Table 1), over several seeds? Do the t and a0 ablations peak near
 t = 0.4, a0 = 4?
 
-    .venv/bin/python tests/benchmarks/bench_science.py --out runs/science --seeds 0 1 2 --ablation
+    .venv/bin/python tests/benchmarks/bench_science.py --out runs/science --seeds 0 1 2 --ablation [--preset science_2026_12_02]
 
 Each seed is one `demo()` with the preset (phantom drawn with that seed, one stage-1 model, then supervised / Mean
 Teacher / AALS / dynamic stage 2 from it). With `--preset demo`, seed 0 reuses `make demo`'s runs when --demo-out holds

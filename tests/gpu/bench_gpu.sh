@@ -11,6 +11,7 @@ W=${TMPDIR:-/tmp}/cxr_bench_work; mkdir -p "$W"   # phantom and cache, shared by
 B="python -m cxr_fracture.bench --out $W"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+python -c "import importlib.util as u; print('pandas', 'present' if u.find_spec('pandas') else 'absent (the trainer imports it: pip install pandas)')" | tee -a "$OUT/gpu.txt"
 # 1. the fastest setting trains the same network as fp32 (bf16 tolerance)
 $B parity --device cuda --size 256 --batch 4 --backbone resnet50 --json "$OUT/parity.json"
 # 2. the stage-2 step of AALS at the paper's size, every variant (compile last but one: its first steps compile)
