@@ -22,6 +22,7 @@ import torch
 
 from cxr_fracture.experiments import resolve_params
 from cxr_fracture.train import TrainConfig, train, load_trained, load_data, make_dataset, evaluate, TEMPLATE_ONLY
+from _report import report
 
 PAPER = {'rib_fracture': (0.9025, 0.7267), 'clavicle_fracture': (0.9174, 0.7967)}   # AALS Table 1, "Supervised pre-training"
 # the paper's proportions, kept: about 1 image in 10 positive; R a small part of the positives (AALS 808 of 6,792 = 12%).
@@ -91,6 +92,14 @@ def main():
                         f'{c}_peaks_ge_0.5': float((pk >= 0.5).mean()) if len(pk) else np.nan})
         pd.DataFrame([row]).to_csv(csv, mode='a', header=not csv.exists(), index=False)
         print(json.dumps(row, indent=1), flush=True)
+        for c in PAPER:   # the figures of this run (a candidate read back from the CSV was measured before: not reported again)
+            for k, unit in (('auroc', 'AUROC'), ('pixel_froc', 'pixel FROC')):
+                v = row[f'{c}_{k}']
+                if v == v and v is not None:
+                    report(f'calibrate {name} {c} {k}', round(float(v), 4), unit,
+                           f'supervised stage 1 of candidate {name} ({CANDIDATES[name]}), {c} on the calibration phantom\'s held-out '
+                           f'splits (paper: {PAPER[c][0 if k == "auroc" else 1]})', threads=torch.get_num_threads(),
+                           note=f"seed {args.seed}; {row['seconds']} s" + ('; --smoke: toy size, measures nothing' if args.smoke else ''))
     tab = pd.read_csv(csv)
     cols = ['candidate', 'seconds'] + [f'{c}_{m}' for c in PAPER for m in ('auroc', 'pixel_froc', 'median_peak', 'peaks_ge_0.5', 'n_pos')]
     print('\nheld-out splits of the calibration phantom, supervised stage 1 (paper: ' + ', '.join(f'{c} AUROC {a}, pixel FROC {f}' for c, (a, f) in PAPER.items())
