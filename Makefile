@@ -35,11 +35,16 @@ check-clean:
 	  git status --porcelain --untracked-files=all -- nbs cxr_fracture settings.ini pyproject.toml; exit 1; fi
 	@echo "notebooks clean and exported"
 
+# Each runs with TMPDIR in a scratch folder of its own, which goes when it ends (pass or fail): the notebooks and tests
+# write checkpoints (gigabytes in all) and a machine that runs the suite again and again must not fill its disk.
+# `du` prints what the step wrote, so that a growth shows in the log.
+SCRATCH = scratch=$$(mktemp -d -t cxr_fracture_test.XXXXXX); trap 'du -sh "$$scratch" | sed "s|^|scratch written: |"; rm -rf "$$scratch"' EXIT; export TMPDIR="$$scratch";
+
 nbtest:
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	@$(SCRATCH) $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest:
-	$(BIN)/python -m pytest tests
+	@$(SCRATCH) $(BIN)/python -m pytest tests
 
 ## figures that the README and notebooks quote (not run by CI); BENCH_ARGS=--all adds the long ones (science, FracAtlas)
 bench: install

@@ -18,3 +18,24 @@ def shared_data() -> Path:
 @pytest.fixture(scope='session')
 def repo() -> Path:
     return REPO
+
+
+# Module-scoped folders (tmp_path_factory) outlive each test; they go when their module's tests have all passed.
+# With `tmp_path_retention_policy = "failed"` (pyproject.toml) for tmp_path, the suite's peak disk use is one module's.
+_FAILED_MODULES: set = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if outcome.get_result().failed: _FAILED_MODULES.add(item.nodeid.split('::')[0])
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _module_scratch(request, tmp_path_factory):
+    import shutil
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if request.node.nodeid in _FAILED_MODULES: return      # kept for whoever reads the failure
+    for p in set(base.iterdir()) - before: shutil.rmtree(p, ignore_errors=True)
