@@ -9,12 +9,12 @@ SCIENCE = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'science
 CHEST = ('rib_fracture', 'clavicle_fracture')
 
 
-def fake_run(d: Path, method, seed, values, **cfg):
+def fake_run(d: Path, method, seed, values, classes=CHEST, **cfg):
     "A run folder with the metrics.json the training template writes; `values` maps metric -> value for every class."
     d.mkdir(parents=True)
     res = {c: {'n_test_pos': 30, 'n_test_neg': 90, 'auroc_ci': [0.5, 0.9], 'pixel_froc_ci': [0.1, 0.9], 'component_froc_ci': [0.0, 0.5],
                'pixel_froc': values.get('pixel_froc', 0.5), 'component_froc': values.get('component_froc', 0.2),
-               'auroc': values.get('auroc', 0.8), 'recall_at_fp_0.1': 0.1} for c in CHEST}
+               'auroc': values.get('auroc', 0.8), 'recall_at_fp_0.1': 0.1} for c in classes}
     config = {**dict(data='phantom', method=method, seed=seed, fold=0, t=0.4, a0=4.0, a=4.0), **cfg}
     (d / 'metrics.json').write_text(json.dumps({'config': config, 'results': res, 'timing': {'train_seconds': 60.0}}))
 
@@ -30,10 +30,16 @@ def science(tmp_path_factory):
         fake_run(runs / f'aals{s}', 'aals', s, {'pixel_froc': 0.78 + 0.015 * s, 'auroc': 0.80 - 0.012 * s})
         fake_run(runs / f'aals_t2_{s}', 'aals', s, {'pixel_froc': 0.78 + 0.03 * (-1) ** s}, **{'t': 0.2})   # t = 0.2: a coin flip
     fake_run(runs / 'dyn0', 'dynamic', 0, {'component_froc': 0.5})   # one seed only
+    fa = root / 'fracatlas'   # FracAtlas: one class; AALS below supervised on pixel FROC in every seed, Mean Teacher a coin flip
+    for s in range(3):
+        fake_run(fa / f'sup{s}', 'supervised', s, {'pixel_froc': 0.50 + 0.01 * s}, classes=('fracture',), data='data_manifests/fracatlas.csv')
+        fake_run(fa / f'aals{s}', 'aals', s, {'pixel_froc': 0.40 + 0.02 * s}, classes=('fracture',), data='data_manifests/fracatlas.csv')
+        fake_run(fa / f'mt{s}', 'mean_teacher', s, {'pixel_froc': 0.45 + 0.1 * (-1) ** s}, classes=('fracture',), data='data_manifests/fracatlas.csv')
     cal = root / 'calibration.csv'
     pd.DataFrame([dict(candidate='m4', seconds=10, rib_fracture_auroc=0.88, rib_fracture_pixel_froc=0.7)]).to_csv(cal, index=False)
     nb = pm.execute_notebook(str(SCIENCE), str(root / 'science.ipynb'), kernel_name='python3', progress_bar=False, cwd=str(root),
-                             parameters={'runs_dir': str(runs), 'out_dir': str(out), 'calibration_csv': str(cal)})
+                             parameters={'runs_dir': str(runs), 'out_dir': str(out), 'calibration_csv': str(cal),
+                                         'fracatlas_dir': str(fa)})
     return out, nb
 
 
@@ -59,11 +65,24 @@ def test_verdicts_follow_the_intervals(science):
 
 def test_outputs_and_figure(science):
     out, nb = science
-    for f in ('science_claims.csv', 'science_claims.md', 'science_claims.png', 'science_per_run.csv'):
+    for f in ('science_claims.csv', 'science_claims.md', 'science_claims.png', 'science_per_run.csv',
+              'fracatlas_arms.md', 'fracatlas_claims.csv', 'fracatlas_claims.md', 'fracatlas_claims.png'):
         assert (out / f).stat().st_size > 0, f
     assert (out / 'science_claims.md').read_text().startswith('| paper | claim |')
     figs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
-    assert len(figs) == 1
+    assert len(figs) == 2     # the claims, then FracAtlas's claims
+
+
+def test_fracatlas_claims_are_the_chest_claims_on_its_one_class(science):
+    out, _ = science
+    c = pd.read_csv(out / 'fracatlas_claims.csv')
+    v = {(r.A, r.B, r.metric): r.verdict for r in c.itertuples()}
+    assert v[('aals', 'supervised', 'fracture pixel_froc')].startswith('not reproduced: the opposite')
+    assert v[('aals', 'mean_teacher', 'fracture pixel_froc')].startswith('inconclusive at this power (3 seeds)')
+    assert v[('mean_teacher', 'supervised', 'fracture pixel_froc')].startswith('inconclusive')
+    assert not any('oxnet' in k[0] or 'dynamic' in k[0] for k in v)     # only claims whose two arms both ran there
+    arms = (out / 'fracatlas_arms.md').read_text()
+    assert '| aals | 3 | ' in arms and '0.420 [' in arms             # AALS pixel FROC: mean 0.42 over 3 seeds
 
 
 def test_several_runs_of_one_arm_is_an_error(tmp_path):
