@@ -269,6 +269,11 @@ def _prepare_shared(runs:list) -> dict:
             print(f'sweep: preparing {where} failed: {e}', file=sys.stderr)
     return errors
 
+def _in_grid_order(rows:list) -> pd.DataFrame:
+    "The sweep report in the grid's order (done, todo and failed runs mixed), so that a row's `index` is its --index."
+    rep = pd.DataFrame(rows)
+    return rep.sort_values('index', kind='stable').reset_index(drop=True) if 'index' in rep else rep
+
 def sweep(grid:str|Path, # grid YAML
           gpus:int|None=None, # GPUs to spread runs over (None: all visible if more than one, else sequential)
           slurm:bool=False, # write an array job script instead of running
@@ -281,6 +286,7 @@ def sweep(grid:str|Path, # grid YAML
     spec = yaml.safe_load(Path(grid).read_text()) or {}
     spec.setdefault('out', f'runs/{Path(grid).stem}')
     runs, root = expand_grid(spec), Path(spec['out'])
+    runs = [{**r, 'index': i} for i, r in enumerate(runs)]     # the grid point's --index, in every report
     if index is not None:
         if not 0 <= index < len(runs): raise ValueError(f"--index {index}: the grid has {len(runs)} runs")
         runs = [runs[index]]
@@ -293,7 +299,7 @@ def sweep(grid:str|Path, # grid YAML
     for r in runs:
         if (Path(r['out'])/'metrics.json').exists(): rows.append({**r, 'status': 'done (skipped)', 'error': ''})
         else: todo.append(r)
-    if dry_run: return pd.DataFrame(rows + [{**r, 'status': 'todo', 'error': ''} for r in todo])
+    if dry_run: return _in_grid_order(rows + [{**r, 'status': 'todo', 'error': ''} for r in todo])
     bad = _prepare_shared(todo)
     rows += [{**r, 'status': 'failed', 'error': bad[r['name']]} for r in todo if r['name'] in bad]
     todo = [r for r in todo if r['name'] not in bad]
@@ -312,7 +318,7 @@ def sweep(grid:str|Path, # grid YAML
             except Exception as e:
                 rows.append({**r, 'status': 'failed', 'error': str(e), 'seconds': round(time.time()-t0, 1)})
                 print(f"sweep: run {r['name']} failed: {e}", file=sys.stderr)
-    rep = pd.DataFrame(rows)
+    rep = _in_grid_order(rows)
     if index is None: rep.to_csv(root/'sweep_report.csv', index=False)
     return rep
 
@@ -635,7 +641,7 @@ def _sweep_cli(args) -> int:
     try: rep = sweep(args.grid, gpus=args.gpus, slurm=args.slurm, index=args.index, dry_run=args.dry_run, slurm_options=so)
     except (FileNotFoundError, ValueError) as e:
         print(f'cxr-fracture sweep: error: {e}', file=sys.stderr); return 1
-    print(rep[[c for c in ('name', 'status', 'seconds', 'error') if c in rep]].to_string(index=False))
+    print(rep[[c for c in ('index', 'name', 'status', 'seconds', 'error') if c in rep]].to_string(index=False))
     return int((rep.get('status') == 'failed').any()) if 'status' in rep else 0
 
 def _demo_cli(args) -> int:

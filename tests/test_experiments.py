@@ -163,8 +163,12 @@ def test_sweep_grid_slurm_and_index(tmp_path, phantom_root):
     run = tmp_path / 'abl' / 't-0.3_a0-4'
     rep = sweep(grid, index=1)                     # what one array task does
     assert list(rep.status) == ['ok'] and (run / 'metrics.json').exists()
-    rep = sweep(grid, dry_run=True)                # the finished run is skipped
-    assert sorted(rep.status) == ['done (skipped)', 'todo', 'todo', 'todo']
+    rep = sweep(grid, dry_run=True)                # the finished run is skipped, and listed at its own --index
+    assert list(rep.status) == ['todo', 'done (skipped)', 'todo', 'todo'] and list(rep['index']) == [0, 1, 2, 3]
+    assert rep.loc[1, 'name'] == 't-0.3_a0-4'
+    r = subprocess.run([CLI, 'sweep', str(grid), '--dry-run'], capture_output=True, text=True)
+    rows = [l.split() for l in r.stdout.splitlines()[1:]]
+    assert r.returncode == 0 and [w[:2] for w in rows] == [[str(i), x['name']] for i, x in enumerate(expand_grid(grid))], r.stdout
     # a task preempted after its last checkpoint (no metrics.json yet): the requeued task resumes, it does not retrain
     model, lines = (run / 'model.pt').stat().st_mtime_ns, log_lines(run)
     (run / 'metrics.json').unlink()
