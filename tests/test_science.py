@@ -61,6 +61,9 @@ def test_verdicts_follow_the_intervals(science):
     row = c[(c.A == 'aals') & (c.B == 'mean_teacher') & (c.metric == 'rib pixel_froc')].iloc[0]
     assert row['paper: A / B'] == '0.8914 / 0.854' and row['seeds'] == 4
     assert row['A − B (paired)'].startswith('+0.0')     # 0.08 + 0.005 s - 0.02 s: +0.0725 on average
+    # the arms' means are over the seeds of the pair: dynamic ran at seed 0 only, so Mean Teacher's is its seed-0 value
+    row = c[(c.A == 'dynamic') & (c.B == 'mean_teacher') & (c.metric == 'rib component_froc')].iloc[0]
+    assert row['ours: A'] == '0.500' and row['ours: B'] == '0.200', (row['ours: A'], row['ours: B'])
 
 
 def test_outputs_and_figure(science):
