@@ -6,7 +6,7 @@
 __all__ = ['COMMANDS', 'build_parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #66478d78
-import argparse, importlib, sys
+import argparse, importlib, io, os, sys
 
 # %% ../nbs/13_cli.ipynb #2952885f
 COMMANDS = {  # subcommand -> (module that registers it, one-line help)
@@ -42,9 +42,15 @@ def build_parser(only:str|None=None, # register only this subcommand's module (N
     return p
 
 # %% ../nbs/13_cli.ipynb #14f53981
-def main(argv:list|None=None, # arguments (default: sys.argv[1:])
-        ) -> int:
-    "Entry point of the `cxr-fracture` command."
+def _stdout_closed() -> bool:
+    "Whether standard output is a pipe whose reader has gone (poll reports an error on its write end)."
+    try:
+        import select
+        poller = select.poll(); poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation): return False
+
+def _run(argv:list|None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith('-')), None)
     if first not in COMMANDS:
@@ -57,3 +63,18 @@ def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         raise RuntimeError(f"cxr_fracture.{COMMANDS[first][0]}.add_cli registered no handler for '{first}'")
     rc = args.func(args)
     return int(rc or 0)
+
+def main(argv:list|None=None, # arguments (default: sys.argv[1:])
+        ) -> int:
+    "Entry point of the `cxr-fracture` command."
+    try:
+        rc = _run(argv)
+        sys.stdout.flush()        # a reader that left shows up here, not in the interpreter's exit
+        return rc
+    except BrokenPipeError:
+        if not _stdout_closed(): raise   # some other pipe or socket broke: that is an error, with its traceback
+        # `cxr-fracture sweep ... --dry-run | head`: the reader took what it wanted; stop quietly, as a Unix tool
+        # stopped by SIGPIPE does, and point stdout at /dev/null so the exit's own flush raises nothing either.
+        try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation): pass
+        return 141                # 128 + SIGPIPE, what a shell reports for such a tool

@@ -61,3 +61,21 @@ def test_a_module_that_does_not_import_is_a_loud_error():
     assert r.returncode == 1 and 'Traceback' in r.stderr and r.stdout == '', (r.returncode, r.stdout, r.stderr)
     assert 'cannot import cxr_fracture.mining, which runs mine-labels: ModuleNotFoundError' in r.stderr, r.stderr
     assert 'pandas' in r.stderr, r.stderr
+
+
+def test_a_reader_that_leaves_stops_the_command_quietly():
+    # `cxr-fracture sweep GRID --dry-run | head`: the pipe's reader leaves before the command writes
+    p = subprocess.Popen([CLI, '--help'], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert 'Traceback' not in err and 'BrokenPipe' not in err, err
+    assert p.returncode == 141, (p.returncode, err)
+
+
+def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback(monkeypatch):
+    import cxr_fracture.cli as cli
+    def boom(argv): raise BrokenPipeError('a socket, not stdout')
+    monkeypatch.setattr(cli, '_run', boom)
+    import pytest
+    with pytest.raises(BrokenPipeError, match='a socket'): cli.main([])
