@@ -69,7 +69,7 @@ def test_verdicts_follow_the_intervals(science):
 def test_outputs_and_figure(science):
     out, nb = science
     for f in ('science_claims.csv', 'science_claims.md', 'science_claims.png', 'science_per_run.csv',
-              'fracatlas_arms.md', 'fracatlas_claims.csv', 'fracatlas_claims.md', 'fracatlas_claims.png'):
+              'science_arms.md', 'science_compute.md', 'fracatlas_arms.md', 'fracatlas_claims.csv', 'fracatlas_claims.md', 'fracatlas_claims.png'):
         assert (out / f).stat().st_size > 0, f
     assert (out / 'science_claims.md').read_text().startswith('| paper | claim |')
     figs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
@@ -85,7 +85,21 @@ def test_fracatlas_claims_are_the_chest_claims_on_its_one_class(science):
     assert v[('mean_teacher', 'supervised', 'fracture pixel_froc')].startswith('inconclusive')
     assert not any('oxnet' in k[0] or 'dynamic' in k[0] for k in v)     # only claims whose two arms both ran there
     arms = (out / 'fracatlas_arms.md').read_text()
-    assert '| aals | 3 | ' in arms and '0.420 [' in arms             # AALS pixel FROC: mean 0.42 over 3 seeds
+    assert '| AALS | 3 | ' in arms and '0.420 [' in arms             # AALS pixel FROC: mean 0.42 over 3 seeds
+
+
+def test_arms_and_compute_tables(science):
+    out, _ = science
+    arms = (out / 'science_arms.md').read_text().splitlines()
+    assert arms[0] == '| arm | seeds | rib AUROC | rib pixel FROC | clavicle AUROC | clavicle pixel FROC | rib component FROC | rib Recall@FP=0.1 |'
+    names = [l.split(' | ')[0].lstrip('| ') for l in arms[2:]]
+    assert names == ['supervised pre-training', 'Mean Teacher', 'AALS', 'dynamic sharpening', 'aals t=0.2 a0=4'], names   # the papers' order
+    mt = next(l for l in arms if l.startswith('| Mean Teacher |'))
+    assert mt.startswith('| Mean Teacher | 4 | ') and mt.split(' | ')[3].startswith('0.730 [')   # rib pixel FROC 0.70-0.76
+    dyn = next(l for l in arms if l.startswith('| dynamic sharpening |'))
+    assert dyn.split(' | ')[6] == '0.500'                               # one seed: a mean, no interval
+    comp = (out / 'science_compute.md').read_text().splitlines()
+    assert comp[2:] == ['| AALS Table 1 | 12 | 12 |', '| dynamic sharpening Table 1 | 1 | 1 |', '| AALS Table 2 (t) | 4 | 4 |'], comp
 
 
 def test_several_runs_of_one_arm_is_an_error(tmp_path):
