@@ -399,3 +399,60 @@ def test_calibration_script_runs(tmp_path):
     r2 = subprocess.run([sys.executable, str(REPO / 'tests' / 'benchmarks' / 'bench_calibrate.py'), '--out', str(tmp_path), '--smoke',
                          '--only', 'm4_n1200_r20'], cwd=REPO / 'tests' / 'benchmarks', capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0 and 'not run again' in r2.stdout
+
+
+def test_a_run_folder_held_by_another_process_is_left_alone(tmp_path, monkeypatch):
+    "Two processes on one run folder would interleave checkpoints and metrics: the second is refused at once, names the "
+    "holder and touches nothing; a sweep records the run as busy and goes on; the lock dies with its holder."
+    import signal, textwrap
+    grid = tmp_path / 'g.yaml'
+    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g'), 'grid': {'seed': [0, 1]}}))
+    held = tmp_path / 'g' / 'seed-1'
+    holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f'''
+        import sys, time
+        from cxr_fracture.experiments import run_lock
+        with run_lock({str(held)!r}):
+            print('held', flush=True); time.sleep(600)''')], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        before = sorted(p.name for p in held.iterdir())
+        # the command a person types twice: refused, one line naming the folder and the holder's pid, status 3
+        r = subprocess.run([CLI, 'run', 'test', '--out', str(held), '--quiet'], capture_output=True, text=True)
+        assert r.returncode == ex.RUN_BUSY_EXIT == 3 and 'Traceback' not in r.stderr, r.stderr
+        assert str(held) in r.stderr and f'pid {holder.pid}' in r.stderr, r.stderr
+        assert sorted(p.name for p in held.iterdir()) == before          # nothing written into the held run
+        # a sequential sweep: the held run is skipped as busy, the other one runs (here: a stand-in that records it)
+        ran = []
+        monkeypatch.setattr(ex, 'run_experiment', lambda preset, ov, out, resume: ran.append(out) or
+                            ex.run_lock(out).__enter__())             # the real lock check, without training
+        rep = sweep(grid, gpus=0)
+        assert list(rep.status) == ['ok', ex.BUSY] and f'pid {holder.pid}' in rep.error[1]
+        assert ran == [str(tmp_path / 'g' / 'seed-0'), str(held)]
+        # the per-GPU workers read the busy exit status of `cxr-fracture run`
+        class FakeProc:
+            def __init__(self, cmd, env): self.returncode = 3 if cmd[cmd.index('--out') + 1] == str(held) else 0
+            def poll(self): return self.returncode
+        monkeypatch.setattr(ex.subprocess, 'Popen', FakeProc)
+        monkeypatch.setattr(ex.time, 'sleep', lambda s: None)
+        rep = sweep(grid, gpus=2)
+        assert sorted(rep.status) == sorted(['ok', ex.BUSY])
+        assert 'held by another process' in rep.loc[rep.status == ex.BUSY, 'error'].item()
+    finally:
+        holder.send_signal(signal.SIGKILL); holder.wait()
+    with ex.run_lock(held): pass                                      # a killed holder leaves no stale lock
+
+
+def test_sweep_cli_exit_status_when_a_run_is_busy(tmp_path, monkeypatch):
+    "`cxr-fracture sweep` exits 3 (unfinished) when it skipped a busy run and none failed, 1 when one failed."
+    from cxr_fracture.cli import main
+    grid = tmp_path / 'g.yaml'
+    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g'), 'grid': {'seed': [0, 1]}}))
+    def fake(preset, ov, out, resume):
+        if out.endswith('seed-1'): raise ex.RunBusy(f'run folder {out} is in use')
+    monkeypatch.setattr(ex, 'run_experiment', fake)
+    assert main(['sweep', str(grid), '--gpus', '0']) == 3
+    def fake2(preset, ov, out, resume):
+        if out.endswith('seed-0'): raise ex.RunFailed('boom')
+        fake(preset, ov, out, resume)
+    monkeypatch.setattr(ex, 'run_experiment', fake2)
+    assert main(['sweep', str(grid), '--gpus', '0']) == 1
