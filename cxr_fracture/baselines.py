@@ -68,6 +68,7 @@ def detector_backbone(cfg)->str:
 class CheXNetMethod(Method):
     "CheXNet (Rajpurkar et al. 2017): an image classifier on R, P and N image labels; its CAM localises."
     name, paper, arch = 'chexnet', 'Rajpurkar et al. 2017 (AALS and dynamic sharpening Table 1)', 'chexnet'
+    title = 'CheXNet (CAM)'
     stage1_method, p_in_stage1, distills, sup_loss = None, True, False, 'wbce'
     def build_model(self):
         cfg = self.cfg
@@ -129,11 +130,13 @@ class DetectorMethod(Method):
 class RetinaNetMethod(DetectorMethod):
     "RetinaNet (Lin et al. 2017) on R boxes and N images (AALS Table 1; OXnet's base detector)."
     name, paper = 'retinanet', 'Lin et al., ICCV 2017 (AALS Table 1; OXnet Table 1 row 1)'
+    title = 'RetinaNet'
 
 @register_method
 class FCOSMethod(DetectorMethod):
     "FCOS (Tian et al. 2019), anchor-free, on R boxes and N images (AALS Table 1)."
     name, paper, arch, stage1_method = 'fcos', 'Tian et al., ICCV 2019 (AALS Table 1)', 'fcos', 'fcos'
+    title = 'FCOS'
 
 # %% ../nbs/08c_baselines.ipynb #e6dccf47
 def sfl_image_loss(student_logits:torch.Tensor, # (k, anchors, C) the student's dense classification logits
@@ -218,22 +221,26 @@ class OXnetMethod(DetectorMethod):
 class SFL(OXnetMethod):
     "OXnet's soft focal loss alone: Mean Teacher distillation on P as unlabeled (OXnet Table 1, 'SFL')."
     name, sfl = 'sfl', True
+    title = 'RetinaNet + SFL'
     paper = 'Luo et al., MICCAI 2021, eq. 8 (Table 1 row SFL)'
 
 @register_method
 class DAA(OXnetMethod):
     "OXnet's dual attention alignment alone: the global head's BCE through local attention (Table 1, 'DAA')."
     name, daa = 'daa', True
+    title = 'RetinaNet + DAA'
     paper = 'Luo et al., MICCAI 2021, eq. 1-3 (Table 1 row DAA)'
 
 @register_method
 class DAAGPA(OXnetMethod):
     "DAA with global prototype alignment (OXnet Table 1, 'DAA + GPA')."
     name, daa, gpa = 'daa_gpa', True, True
+    title = 'RetinaNet + DAA + GPA'
     paper = 'Luo et al., MICCAI 2021, eq. 1-6 (Table 1 row DAA + GPA)'
 
 @register_method
 class OXnet(OXnetMethod):
     "OXnet (Luo et al. 2021): SFL + DAA + GPA on a RetinaNet fine-tuned from the supervised one."
     name, daa, gpa, sfl = 'oxnet', True, True, True
+    title = 'OXnet'
     paper = 'Luo et al., MICCAI 2021, eq. 1-8 (Table 1 last row)'

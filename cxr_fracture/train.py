@@ -367,6 +367,7 @@ class MapMethod(Method):
 class Supervised(MapMethod):
     "Supervised pre-training only (AALS eq. 1 / dynamic sharpening Sec. 2.1): the stage-1 model."
     name, paper, distills = 'supervised', 'AALS Sec. 2.1; dynamic sharpening Sec. 2.1', False
+    title = 'supervised pre-training'
 
 # %% ../nbs/09_train.ipynb #5cf44352
 class EMATeacherMethod(MapMethod):
@@ -382,17 +383,20 @@ class EMATeacherMethod(MapMethod):
 class MeanTeacher(EMATeacherMethod):
     "Mean Teacher (Tarvainen & Valpola 2017): EMA teacher, P as unlabeled, squared-difference consistency."
     name, paper, uses_labels, consistency = 'mean_teacher', 'Tarvainen & Valpola, NeurIPS 2017 (AALS Table 1)', False, 'mse'
+    title = 'Mean Teacher'
 
 @register_method
 class AALS(EMATeacherMethod):
     "AALS (Wang et al. 2021): EMA teacher, adaptive asymmetric label sharpening max(S(y'), y') (eq. 6-7), Bernoulli KL (eq. 4)."
     name, paper = 'aals', 'Wang et al., IPMI 2021, eq. 2-7'
+    title = 'AALS'
     def sharpen(self, p, b, rows): return aals(p, t=self.cfg.t, a0=self.cfg.a0)
 
 @register_method
 class Symmetric(EMATeacherMethod):
     "EMA teacher with MixMatch's symmetric temperature sharpening (the symmetric sharpening AALS contrasts itself with)."
     name, paper = 'symmetric', 'Berthelot et al., NeurIPS 2019 (cited by AALS Sec. 2.2)'
+    title = 'symmetric sharpening'
     def sharpen(self, p, b, rows): return symmetric_sharpen(p, self.cfg.temperature)
 
 # %% ../nbs/09_train.ipynb #1059013e
@@ -400,6 +404,7 @@ class Symmetric(EMATeacherMethod):
 class PiModel(MapMethod):
     "Pi-model (Laine & Aila 2017): the network's own map on a second random view, moved into the student's frame."
     name, paper, uses_labels, consistency = 'pi_model', 'Laine & Aila, ICLR 2017 (AALS Table 1)', False, 'mse'
+    title = 'Π-model'
     def teacher(self, b, rows):
         run = self.run
         g = torch.Generator().manual_seed(step_seed(self.cfg.seed, run.stage, run.epoch, run.step, 2))
@@ -414,6 +419,7 @@ class PiModel(MapMethod):
 class TemporalEnsembling(MapMethod):
     "Temporal Ensembling (Laine & Aila 2017) as the dynamic-sharpening paper ran it: undisturbed outputs accumulated per epoch."
     name, paper, uses_labels, consistency = 'temporal_ensemble', 'Laine & Aila, ICLR 2017; dynamic sharpening Sec. 3.1', False, 'mse'
+    title = 'Temporal Ensembling'
     def setup(self):
         run = self.run; ds = run.train_ds
         R, P = ds.roles == ROLE_CODE['R'], ds.roles == ROLE_CODE['P']
@@ -475,16 +481,19 @@ class _DynamicRule(MapMethod):
 class DynamicSharpening(_DynamicRule, _SelfTeacher):
     "Dynamic sharpening (Lu, Miao, Ye 2022): self-teacher, DS with per-epoch (t, a) from m, weighted BCE and KL."
     name, paper = 'dynamic', 'Lu, Miao, Ye, ICASSP 2022, Sec. 2.1-2.3'
+    title = 'dynamic sharpening'
 
 @register_method
 class DynamicEMA(_DynamicRule, EMATeacherMethod):
     "Dynamic sharpening's rule with an EMA teacher (a variant, not the paper's method)."
     name, paper = 'dynamic_ema', 'variant: dynamic sharpening with an EMA teacher'
+    title = 'dynamic sharpening (EMA teacher)'
 
 @register_method
 class DynamicConst(_SelfTeacher):
     "Dynamic sharpening with constant (a, t) (the paper's Table 2 ablation)."
     name, paper, sup_loss = 'dynamic_const', 'Lu, Miao, Ye, ICASSP 2022, Table 2', 'wbce'
+    title = 'dynamic sharpening, constant (a, t)'
     def sharpen(self, p, b, rows): return dynamic_sharpen(p, self.cfg.t, self.cfg.a)
 
 # %% ../nbs/09_train.ipynb #88b2dae8

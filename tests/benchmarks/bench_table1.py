@@ -17,14 +17,12 @@ import pandas as pd
 import torch
 
 from cxr_fracture.experiments import demo, collect_runs, experiments_dir, over_seeds, fmt_interval
+from cxr_fracture.methods import method_title
 from _report import report
 
 TABLE1 = ('chexnet', 'retinanet', 'fcos', 'pi_model', 'temporal_ensemble', 'mean_teacher', 'supervised', 'aals')
 OXNET_ABLATION = ('retinanet', 'sfl', 'daa', 'daa_gpa', 'oxnet')
 REDUCED = dict(phantom_n=600, epochs_stage1=8, epochs_stage2=2, n_bootstrap=100)
-NAMES = dict(chexnet='CheXNet (CAM)', retinanet='RetinaNet', fcos='FCOS', pi_model='Π-model', temporal_ensemble='Temporal Ensembling',
-             mean_teacher='Mean Teacher', supervised='supervised pre-training', aals='AALS', dynamic='dynamic sharpening',
-             sfl='SFL', daa='DAA', daa_gpa='DAA + GPA', oxnet='OXnet')
 # (class, metric, header) columns of the markdown tables, and the paired differences shown: (class, metric, reference)
 COLUMNS = {'table1': [('rib_fracture', 'auroc', 'rib AUROC'), ('rib_fracture', 'pixel_froc', 'rib pixel FROC'),
                       ('clavicle_fracture', 'auroc', 'clavicle AUROC'), ('clavicle_fracture', 'pixel_froc', 'clavicle pixel FROC'),
@@ -46,12 +44,12 @@ def seeds_markdown(runs, methods, table):
         if ref is None: return fmt_interval(r['mean'], r['lo'], r['hi'])
         if ref == m or f'vs_{ref}' not in r: return ''
         return fmt_interval(r[f'vs_{ref}'], r[f'vs_{ref}_lo'], r[f'vs_{ref}_hi'], signed=True)
-    head = [h for _, _, h in COLUMNS[table]] + [f"{c.split('_')[0]} {k.replace('_', ' ').replace('coco ap', 'AP').replace('pixel froc', 'pixel FROC')} − {NAMES.get(r, r)} (paired)"
+    head = [h for _, _, h in COLUMNS[table]] + [f"{c.split('_')[0]} {k.replace('_', ' ').replace('coco ap', 'AP').replace('pixel froc', 'pixel FROC')} − {method_title(r)} (paired)"
                                                for c, k, r in PAIRED[table]]
     lines = ['| method | ' + ' | '.join(head) + ' |', '|---' * (len(head) + 1) + '|']
     for m in methods:
         cells = [cell(m, c, k) for c, k, _ in COLUMNS[table]] + [cell(m, c, k, r) for c, k, r in PAIRED[table]]
-        lines.append(f'| {NAMES.get(m, m)} | ' + ' | '.join(cells) + ' |')
+        lines.append(f'| {method_title(m)} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n', o
 
 
