@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #6e48321b
 from __future__ import annotations
-import dataclasses, hashlib, json, math, os, random, shutil, sys, time
+import contextlib, dataclasses, hashlib, json, math, os, random, shutil, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
@@ -1105,6 +1105,11 @@ def train(cfg:TrainConfig|dict, # the run's settings (a dict goes through TrainC
         if di.device.type == 'cuda': os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
+    from cxr_fracture.experiments import run_lock   # OUT/.run.lock: RunBusy if another process trains in OUT now
+    with (run_lock(out) if di.main else contextlib.nullcontext()): return _train_locked(cfg, di, out, resume)
+
+def _train_locked(cfg:TrainConfig, di:DistInfo, out:Path, resume:bool)->dict:
+    "`train` once it holds the run folder."
     init, s1 = cfg.init, None
     if not init and cfg.epochs_stage1 > 0:
         s1 = _train_stage1(stage1_config(cfg), di); init = s1/'model.pt'
@@ -1192,7 +1197,10 @@ def _train_cli(args)->int:
         cfg = TrainConfig.from_params(d)
     except (ValueError, TypeError) as e:
         print(f'cxr-fracture train: {e}', file=sys.stderr); return 2
+    from cxr_fracture.experiments import RunBusy, RUN_BUSY_EXIT
     try: r = train(cfg, resume=args.resume)
+    except RunBusy as e:                 # another process trains in --out: nothing done, rerun later
+        print(f'cxr-fracture train: {e}', file=sys.stderr); return RUN_BUSY_EXIT
     except (ValueError, OSError) as e:   # bad data, a bad cache or checkpoint: one line naming the file, no traceback
         print(f'cxr-fracture train: {e}', file=sys.stderr); return 2
     if int(os.environ.get('RANK', '0')) == 0:

@@ -421,6 +421,11 @@ def test_a_run_folder_held_by_another_process_is_left_alone(tmp_path, monkeypatc
         assert r.returncode == ex.RUN_BUSY_EXIT == 3 and 'Traceback' not in r.stderr, r.stderr
         assert str(held) in r.stderr and f'pid {holder.pid}' in r.stderr, r.stderr
         assert sorted(p.name for p in held.iterdir()) == before          # nothing written into the held run
+        # the trainer's own command (no papermill) holds the same lock
+        r = subprocess.run([CLI, 'train', '--method', 'supervised', '--out', str(held), '-c', 'phantom_n=40'],
+                           capture_output=True, text=True)
+        assert r.returncode == 3 and 'Traceback' not in r.stderr and f'pid {holder.pid}' in r.stderr, r.stderr
+        assert sorted(p.name for p in held.iterdir()) == before
         # a sequential sweep: the held run is skipped as busy, the other one runs (here: a stand-in that records it)
         ran = []
         monkeypatch.setattr(ex, 'run_experiment', lambda preset, ov, out, resume: ran.append(out) or
