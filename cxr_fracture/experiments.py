@@ -111,15 +111,18 @@ def run_lock(out:str|Path, # the run folder (created if absent)
     f = open(out/'.run.lock', 'a+')
     try: import fcntl
     except ImportError: fcntl = None           # Windows: no lock
+    held = False
     if fcntl is not None:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:                        # BlockingIOError: another process holds it
-            f.seek(0); who = f.read().strip() or 'a process that wrote no name'; f.close()
-            pid, _, folder = os.environ.get(RUN_LOCK_ENV, '').partition(':')
-            if folder == str(out) and pid != str(os.getpid()) and who.startswith(f'pid {pid} '):
-                yield out; return              # an ancestor holds it for us (environment variables only flow down)
+        except OSError: held = True            # BlockingIOError: another process holds it
+    if held:
+        f.seek(0); who = f.read().strip() or 'a process that wrote no name'; f.close()
+        pid, _, folder = os.environ.get(RUN_LOCK_ENV, '').partition(':')
+        if not (folder == str(out) and pid != str(os.getpid()) and who.startswith(f'pid {pid} ')):
             raise RunBusy(f"run folder {out} is in use: {who} holds {out/'.run.lock'}; two processes on one run "
-                          f"would corrupt it, so nothing was done (rerun when it has finished)") from None
+                          f"would corrupt it, so nothing was done (rerun when it has finished)")
+        yield out                              # an ancestor holds it for us (environment variables only flow down)
+        return
     before = os.environ.get(RUN_LOCK_ENV)
     try:
         f.seek(0); f.truncate()
