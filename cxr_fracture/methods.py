@@ -11,7 +11,7 @@ from .model import build_model as build_map_model, MODEL_CONFIGS
 from .data import warp_map
 
 # %% auto #0
-__all__ = ['METHODS', 'register_method', 'method_defaults', 'method_title', 'rampup', 'compose_theta', 'Method']
+__all__ = ['METHODS', 'register_method', 'method_defaults', 'rampup', 'compose_theta', 'Method']
 
 # %% ../nbs/08b_methods.ipynb #5257a572
 METHODS = {}  # method name -> its Method class (filled by `register_method`)
@@ -28,13 +28,6 @@ def method_defaults(name:str)->dict:
     return dict(arch=M.arch, stage1=M.stage1_method or name, distills=M.distills, uses_labels=M.uses_labels,
                 sup_loss=M.sup_loss, consistency=M.consistency, ema_decay=M.ema_decay, paper=M.paper)
 
-def method_title(name:str)->str:
-    "A method's row name in the papers' tables (its `title`); NAME itself when no method is registered under it."
-    if name not in METHODS:             # the methods register when their modules are imported
-        import importlib
-        for mod in ('cxr_fracture.train', 'cxr_fracture.baselines'): importlib.import_module(mod)
-    M = METHODS.get(name)
-    return (M.title or M.name) if M is not None else name
 
 def rampup(epoch:int, # the stage-2 epoch (0-based)
            epochs:int, # ramp-up length E (0: none)
@@ -56,7 +49,7 @@ class Method:
     "A training method: its network, its stage 1 and its step loss (hooks in the table above)."
     name = ''             # registry key (TrainConfig.method)
     paper = ''            # where it is defined
-    title = ''            # its row name in the papers' tables (`method_title`; default: `name`)
+    title = ''            # its row name in the papers' tables (`experiments.method_title`; default: `name`)
     arch = 'fpn'          # network kind: 'fpn' (05_model), 'chexnet', 'retinanet', 'fcos' (05a_detectors)
     stage1_method = 'supervised' # the method whose shared run is this one's stage 1 (None: the method itself)
     p_in_stage1 = False   # stage 1 also draws the P images (a classifier on image labels)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #6e48321b
 from __future__ import annotations
-import contextlib, dataclasses, hashlib, json, math, os, random, shutil, sys, time
+import contextlib, dataclasses, hashlib, json, math, os, random, shutil, socket, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'LATER_FIELDS', 'OPERATING_FP', 'TrainConfig', 'DistInfo',
-           'resolve_device', 'init_distributed', 'step_seed', 'seed_all', 'rng_state', 'set_rng_state', 'save_atomic',
-           'load_checkpoint', 'check_resume_config', 'pair_weights', 'sup_loss', 'distill_loss', 'combine_losses',
-           'MapMethod', 'Supervised', 'EMATeacherMethod', 'MeanTeacher', 'AALS', 'Symmetric', 'PiModel',
-           'TemporalEnsembling', 'DynamicSharpening', 'DynamicEMA', 'DynamicConst', 'model_stride', 'load_data',
-           'select_p_subset', 'make_dataset', 'resolved_losses', 'stage1_config', 'stage1_folder', 'FileLock',
-           'evaluate', 'operating_point', 'data_warnings', 'train', 'load_trained', 'restore_normalisation', 'read_log',
-           'plot_log', 'add_cli']
+__all__ = ['TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'LATER_FIELDS', 'RUN_BUSY_EXIT', 'RUN_LOCK_ENV', 'OPERATING_FP',
+           'TrainConfig', 'DistInfo', 'resolve_device', 'init_distributed', 'step_seed', 'seed_all', 'rng_state',
+           'set_rng_state', 'save_atomic', 'load_checkpoint', 'check_resume_config', 'pair_weights', 'sup_loss',
+           'distill_loss', 'combine_losses', 'MapMethod', 'Supervised', 'EMATeacherMethod', 'MeanTeacher', 'AALS',
+           'Symmetric', 'PiModel', 'TemporalEnsembling', 'DynamicSharpening', 'DynamicEMA', 'DynamicConst',
+           'model_stride', 'load_data', 'select_p_subset', 'make_dataset', 'resolved_losses', 'stage1_config',
+           'stage1_folder', 'FileLock', 'RunBusy', 'run_lock', 'evaluate', 'operating_point', 'data_warnings', 'train',
+           'load_trained', 'restore_normalisation', 'read_log', 'plot_log', 'add_cli']
 
 # %% ../nbs/09_train.ipynb #ce29eb43
 from .io import progress_bar
@@ -641,6 +641,46 @@ class FileLock:
         except ImportError: pass
         self.f.close()
 
+class RunBusy(RuntimeError):
+    "Another process holds this run folder's lock (`OUT/.run.lock`): it is training there now."
+
+RUN_BUSY_EXIT = 3   # `cxr-fracture train/run/sweep`'s exit status when a run folder is held (unfinished: rerun later)
+RUN_LOCK_ENV = 'CXR_FRACTURE_RUN_LOCK'   # "PID:FOLDER" of the run lock this process holds, inherited by its children
+
+@contextlib.contextmanager
+def run_lock(out:str|Path, # the run folder (created if absent)
+            ):
+    """Hold OUT/.run.lock exclusively for the block (fcntl.flock, released when the process ends, however it ends);
+    RunBusy at once if another process holds it. A child of the holder (the papermill kernel that trains the run
+    `run_experiment` locked) passes through: the lock is its parent's."""
+    out = Path(out).resolve(); out.mkdir(parents=True, exist_ok=True)
+    f = open(out/'.run.lock', 'a+')
+    try: import fcntl
+    except ImportError: fcntl = None           # Windows: no lock
+    held = False
+    if fcntl is not None:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError: held = True            # BlockingIOError: another process holds it
+    if held:
+        f.seek(0); who = f.read().strip() or 'a process that wrote no name'; f.close()
+        pid, _, folder = os.environ.get(RUN_LOCK_ENV, '').partition(':')
+        if not (folder == str(out) and pid != str(os.getpid()) and who.startswith(f'pid {pid} ')):
+            raise RunBusy(f"run folder {out} is in use: {who} holds {out/'.run.lock'}; two processes on one run "
+                          f"would corrupt it, so nothing was done (rerun when it has finished)")
+        yield out                              # an ancestor holds it for us (environment variables only flow down)
+        return
+    before = os.environ.get(RUN_LOCK_ENV)
+    try:
+        f.seek(0); f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"); f.flush()
+        os.environ[RUN_LOCK_ENV] = f'{os.getpid()}:{out}'
+        yield out
+    finally:
+        if before is None: os.environ.pop(RUN_LOCK_ENV, None)
+        else: os.environ[RUN_LOCK_ENV] = before
+        if fcntl is not None: fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
 # %% ../nbs/09_train.ipynb #f0c8a4ce
 def _map_boxes(item:dict, stride:int, classes:list)->dict:
     "Boxes of one item in map pixels (cache pixels / stride), per class name."
@@ -1105,8 +1145,8 @@ def train(cfg:TrainConfig|dict, # the run's settings (a dict goes through TrainC
         if di.device.type == 'cuda': os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(cfg.out); out.mkdir(parents=True, exist_ok=True)
-    from cxr_fracture.experiments import run_lock   # OUT/.run.lock: RunBusy if another process trains in OUT now
-    with (run_lock(out) if di.main else contextlib.nullcontext()): return _train_locked(cfg, di, out, resume)
+    with (run_lock(out) if di.main else contextlib.nullcontext()):   # RunBusy if another process trains in OUT now
+        return _train_locked(cfg, di, out, resume)
 
 def _train_locked(cfg:TrainConfig, di:DistInfo, out:Path, resume:bool)->dict:
     "`train` once it holds the run folder."
@@ -1197,7 +1237,6 @@ def _train_cli(args)->int:
         cfg = TrainConfig.from_params(d)
     except (ValueError, TypeError) as e:
         print(f'cxr-fracture train: {e}', file=sys.stderr); return 2
-    from cxr_fracture.experiments import RunBusy, RUN_BUSY_EXIT
     try: r = train(cfg, resume=args.resume)
     except RunBusy as e:                 # another process trains in --out: nothing done, rerun later
         print(f'cxr-fracture train: {e}', file=sys.stderr); return RUN_BUSY_EXIT

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 import cxr_fracture.experiments as ex
+import cxr_fracture.train as tr
 from cxr_fracture.experiments import (run_experiment, expand_grid, sweep, collect_runs, comparison_table, resolve_params,
                                       template_parameters, experiments_dir, RunFailed, demo, slurm_script)
 from cxr_fracture.train import METHODS, TrainConfig, TEMPLATE_ONLY
@@ -410,7 +411,7 @@ def test_a_run_folder_held_by_another_process_is_left_alone(tmp_path, monkeypatc
     held = tmp_path / 'g' / 'seed-1'
     holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f'''
         import sys, time
-        from cxr_fracture.experiments import run_lock
+        from cxr_fracture.train import run_lock
         with run_lock({str(held)!r}):
             print('held', flush=True); time.sleep(600)''')], stdout=subprocess.PIPE, text=True)
     try:
@@ -418,7 +419,7 @@ def test_a_run_folder_held_by_another_process_is_left_alone(tmp_path, monkeypatc
         before = sorted(p.name for p in held.iterdir())
         # the command a person types twice: refused, one line naming the folder and the holder's pid, status 3
         r = subprocess.run([CLI, 'run', 'test', '--out', str(held), '--quiet'], capture_output=True, text=True)
-        assert r.returncode == ex.RUN_BUSY_EXIT == 3 and 'Traceback' not in r.stderr, r.stderr
+        assert r.returncode == tr.RUN_BUSY_EXIT == 3 and 'Traceback' not in r.stderr, r.stderr
         assert str(held) in r.stderr and f'pid {holder.pid}' in r.stderr, r.stderr
         assert sorted(p.name for p in held.iterdir()) == before          # nothing written into the held run
         # the trainer's own command (no papermill) holds the same lock
@@ -429,7 +430,7 @@ def test_a_run_folder_held_by_another_process_is_left_alone(tmp_path, monkeypatc
         # a sequential sweep: the held run is skipped as busy, the other one runs (here: a stand-in that records it)
         ran = []
         monkeypatch.setattr(ex, 'run_experiment', lambda preset, ov, out, resume: ran.append(out) or
-                            ex.run_lock(out).__enter__())             # the real lock check, without training
+                            tr.run_lock(out).__enter__())             # the real lock check, without training
         rep = sweep(grid, gpus=0)
         assert list(rep.status) == ['ok', ex.BUSY] and f'pid {holder.pid}' in rep.error[1]
         assert ran == [str(tmp_path / 'g' / 'seed-0'), str(held)]
@@ -444,7 +445,7 @@ def test_a_run_folder_held_by_another_process_is_left_alone(tmp_path, monkeypatc
         assert 'held by another process' in rep.loc[rep.status == ex.BUSY, 'error'].item()
     finally:
         holder.send_signal(signal.SIGKILL); holder.wait()
-    with ex.run_lock(held): pass                                      # a killed holder leaves no stale lock
+    with tr.run_lock(held): pass                                      # a killed holder leaves no stale lock
 
 
 def test_sweep_cli_exit_status_when_a_run_is_busy(tmp_path, monkeypatch):
@@ -453,7 +454,7 @@ def test_sweep_cli_exit_status_when_a_run_is_busy(tmp_path, monkeypatch):
     grid = tmp_path / 'g.yaml'
     grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g'), 'grid': {'seed': [0, 1]}}))
     def fake(preset, ov, out, resume):
-        if out.endswith('seed-1'): raise ex.RunBusy(f'run folder {out} is in use')
+        if out.endswith('seed-1'): raise tr.RunBusy(f'run folder {out} is in use')
     monkeypatch.setattr(ex, 'run_experiment', fake)
     assert main(['sweep', str(grid), '--gpus', '0']) == 3
     def fake2(preset, ov, out, resume):

@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_fracture.experiments import demo, collect_runs, experiments_dir, over_seeds, fmt_interval
-from cxr_fracture.methods import method_title
+from cxr_fracture.experiments import demo, collect_runs, experiments_dir, over_seeds, fmt_interval, method_title
 from _report import report
 
 TABLE1 = ('chexnet', 'retinanet', 'fcos', 'pi_model', 'temporal_ensemble', 'mean_teacher', 'supervised', 'aals')
