@@ -10,7 +10,7 @@ __all__ = ['PATH_PARAMS', 'KEYWORDS', 'GRID_KEYS', 'DATA_PARAMS', 'BUSY', 'COCO_
            'froc_points', 'plot_froc_curves', 'EpochProgress', 'demo', 'format_comparison', 'add_cli']
 
 # %% ../nbs/12_experiments.ipynb #9a068fc7
-import ast, contextlib, itertools, json, os, socket, subprocess, sys, time
+import ast, itertools, json, os, subprocess, sys, time
 from pathlib import Path
 
 import pandas as pd
