@@ -29,6 +29,8 @@ def science(tmp_path_factory):
         # AALS: clearly above Mean Teacher on FROC in every seed; below it on AUROC in every seed
         fake_run(runs / f'aals{s}', 'aals', s, {'pixel_froc': 0.78 + 0.015 * s, 'auroc': 0.80 - 0.012 * s})
         fake_run(runs / f'aals_t2_{s}', 'aals', s, {'pixel_froc': 0.78 + 0.03 * (-1) ** s}, **{'t': 0.2})   # t = 0.2: a coin flip
+        # the control (Mean Teacher at lambda = 0): below supervised on pixel FROC in every seed, a coin flip on AUROC
+        fake_run(runs / f'ctl{s}', 'mean_teacher', s, {'pixel_froc': 0.55 + 0.01 * s, 'auroc': 0.80 + 0.01 * (-1) ** s}, distill_weight=0.0)
     fake_run(runs / 'dyn0', 'dynamic', 0, {'component_froc': 0.5})   # one seed only
     fa = root / 'fracatlas'   # FracAtlas: one class; AALS below supervised on pixel FROC in every seed, Mean Teacher a coin flip
     for s in range(3):
@@ -93,13 +95,14 @@ def test_arms_and_compute_tables(science):
     arms = (out / 'science_arms.md').read_text().splitlines()
     assert arms[0] == '| arm | seeds | rib AUROC | rib pixel FROC | clavicle AUROC | clavicle pixel FROC | rib component FROC | rib Recall@FP=0.1 |'
     names = [l.split(' | ')[0].lstrip('| ') for l in arms[2:]]
-    assert names == ['supervised pre-training', 'Mean Teacher', 'AALS', 'dynamic sharpening', 'aals t=0.2 a0=4'], names   # the papers' order
+    assert names == ['supervised pre-training', 'Mean Teacher', 'AALS', 'dynamic sharpening', 'aals t=0.2 a0=4', 'mean_teacher λ=0'], names   # the papers' order, the control last
     mt = next(l for l in arms if l.startswith('| Mean Teacher |'))
     assert mt.startswith('| Mean Teacher | 4 | ') and mt.split(' | ')[3].startswith('0.730 [')   # rib pixel FROC 0.70-0.76
     dyn = next(l for l in arms if l.startswith('| dynamic sharpening |'))
     assert dyn.split(' | ')[6] == '0.500'                               # one seed: a mean, no interval
     comp = (out / 'science_compute.md').read_text().splitlines()
-    assert comp[2:] == ['| AALS Table 1 | 12 | 12 |', '| dynamic sharpening Table 1 | 1 | 1 |', '| AALS Table 2 (t) | 4 | 4 |'], comp
+    assert comp[2:] == ['| AALS Table 1 | 12 | 12 |', '| dynamic sharpening Table 1 | 1 | 1 |', '| AALS Table 2 (t) | 4 | 4 |',
+                        '| control: stage 2 without distillation | 4 | 4 |'], comp
 
 
 def test_several_runs_of_one_arm_is_an_error(tmp_path):
@@ -108,3 +111,18 @@ def test_several_runs_of_one_arm_is_an_error(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match='several runs of one arm'):
         pm.execute_notebook(str(SCIENCE), str(tmp_path / 'o.ipynb'), kernel_name='python3', progress_bar=False, cwd=str(tmp_path),
                             parameters={'runs_dir': str(tmp_path / 'runs'), 'out_dir': str(tmp_path / 'out')})
+
+
+def test_the_control_reads_where_its_interval_lies(science):
+    "Mean Teacher at lambda = 0 is its own arm (not a second Mean Teacher run), paired against supervised, Mean Teacher and AALS."
+    out, _ = science
+    rows = (out / 'science_controls.md').read_text().splitlines()
+    assert rows[0] == '| A | B | metric | ours: A | ours: B | A − B (paired) | seeds | reading |'
+    r = {tuple(c.strip() for c in l.strip('|').split(' | ')[:3]): l.strip('|').split(' | ')[-1].strip() for l in rows[2:]}
+    assert r[('mean_teacher λ=0', 'supervised', 'rib pixel_froc')] == 'A below B'          # -0.05 in every seed
+    assert r[('mean_teacher', 'mean_teacher λ=0', 'rib pixel_froc')] == 'A above B'        # +0.15 + 0.01 s
+    assert r[('aals', 'mean_teacher λ=0', 'rib pixel_froc')] == 'A above B'
+    assert r[('mean_teacher λ=0', 'supervised', 'rib auroc')] == 'no difference shown (the interval holds 0)'
+    assert len(r) == 15                                        # 3 pairs x 2 classes x 2 metrics, and 3 detector pairs
+    assert r[('sfl λ=0', 'retinanet', 'rib coco_ap')] == 'not run'                         # listed, never dropped
+    assert 'reproduced' not in (out / 'science_controls.md').read_text()                  # a control is no claim of the papers
