@@ -192,7 +192,7 @@ _VALUE_PATTERNS = (  # (what, regex) searched in every cell of non-id columns
 
 def _norm_name(c) -> str: return re.sub(r'[^a-z0-9]', '', str(c).lower())
 
-_PSEUDONYM = re.compile(r'(?:pt|st|im)_[0-9a-f]{16}')   # what `pseudonym` writes: never an identifier
+_PSEUDONYM = re.compile(r'(?<![0-9A-Za-z])(?:pt|st|im)_[0-9a-f]{16}(?![0-9A-Za-z])')   # what `pseudonym` writes, alone or in a path ('im_1137024089bd7be8.dcm'): never an identifier
 _ID_PATTERNS = _VALUE_PATTERNS[:4] + (   # for ids and paths: a folder 'MRN-8675309', 'ACC20240077', '19510423'
     ('a record, accession or patient number', re.compile(r'(?i)(?<![a-z])(?:mrn|acc|accession|accno|dob|ssn|pid|patient|patientid)[-_ #:=]*\d{3,}')),
     ('a date (birth or study date?)', re.compile(r'(?<!\d)(?:18|19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)')),
@@ -203,7 +203,7 @@ def _identifiers_in_ids(raw:pd.DataFrame, src:str) -> list:
     out = []
     for c in [c for c in ('path', *ID_COLUMNS) if c in raw.columns]:
         vals = raw[c].astype(str)
-        vals = vals.where(~vals.str.fullmatch(_PSEUDONYM), '')
+        vals = vals.str.replace(_PSEUDONYM, '', regex=True)   # a hash may begin with 7 digits: not an MRN
         if c == 'path': vals = vals.str.replace(r'\.[A-Za-z0-9]{1,5}$', '', regex=True)   # not the extension
         for what, rx in _ID_PATTERNS:
             hits = vals.str.contains(rx, regex=True)
