@@ -14,7 +14,7 @@ from scipy import stats
 # %% auto #0
 __all__ = ['PIXEL_FP_RATIOS', 'COMPONENT_FPS', 'COCO_IOUS', 'box_centers', 'inside_boxes', 'FROCResult', 'pixel_froc',
            'component_froc', 'paint_boxes', 'CI', 'image_auroc', 'delong_ci', 'DeLongTest', 'delong_test',
-           'bootstrap_ci', 'coco_map', 'plot_roc', 'plot_froc', 'results_table']
+           'bootstrap_ci', 'coco_map', 'coco_ap_ci', 'plot_roc', 'plot_froc', 'results_table']
 
 # %% ../nbs/08a_metrics.ipynb #9e45471c
 def _check_map(m, i:int) -> np.ndarray:
@@ -667,6 +667,88 @@ def coco_map(detections, # per image a (k, 5) array [x1, y1, x2, y2, score]
             s = s[s > -1]
             return float(s.mean()) if s.size else float('nan')
     return dict(AP=ap(), AP40=ap(0.40), AP75=ap(0.75), AP_S=ap(a=1), AP_M=ap(a=2), AP_L=ap(a=3))
+
+# %% ../nbs/08a_metrics.ipynb #7c219859
+def _iou_xyxy(a:np.ndarray, b:np.ndarray) -> np.ndarray:
+    "(k, m) IoU of boxes a (k, 4) and b (m, 4), [x1, y1, x2, y2], as pycocotools computes it (no +1)."
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None] + ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None] - inter
+    with np.errstate(invalid='ignore', divide='ignore'): return np.where(union > 0, inter / union, 0.0)
+
+def _coco_matches(detections, ground_truth, iou_thresholds, max_dets:int):
+    "COCO's per-image matching, once: (image of each detection, its score, matched (T, n) bool, boxes per image)."
+    thr = np.minimum(np.asarray(iou_thresholds, dtype=np.float64).ravel(), 1 - 1e-10)
+    dets, gts = list(detections), list(ground_truth)
+    if len(dets) != len(gts): raise ValueError(f'{len(dets)} detection arrays but {len(gts)} ground-truth arrays: one of each per image')
+    if not gts: raise ValueError('no images: nothing to evaluate')
+    img, score, match, n_gt = [], [], [], np.zeros(len(gts))
+    for i, (d, g) in enumerate(zip(dets, gts)):
+        g, d = _coco_rows(g, i, 'ground_truth', 4), _coco_rows(d, i, 'detections', 5)
+        d = d[np.argsort(-d[:, 4], kind='mergesort')[:max_dets]]
+        n_gt[i] = len(g)
+        m = np.zeros((len(thr), len(d)), bool)
+        if len(d) and len(g):
+            iou = _iou_xyxy(d[:, :4], g)
+            for t, th in enumerate(thr):
+                used = np.zeros(len(g), bool)
+                for j in np.flatnonzero(iou.max(1) >= th):   # a detection with no box this close matches none
+                    cand = np.where(used, -1.0, iou[j])
+                    ok = np.flatnonzero(cand >= max(th, cand.max()))   # the best unmatched box; pycocotools keeps the last of equals
+                    if len(ok) and cand[ok[-1]] >= th: used[ok[-1]] = m[t, j] = True
+        img.append(np.full(len(d), i)); score.append(d[:, 4]); match.append(m)
+    if not n_gt.sum(): raise ValueError('no ground-truth boxes in any image: AP is undefined')
+    img, score = np.concatenate(img).astype(int), np.concatenate(score)
+    order = np.argsort(-score, kind='mergesort')   # the evaluator's order: by score, ties in image order
+    return img[order], np.concatenate(match, axis=1)[:, order], n_gt
+
+def _coco_weighted_ap(img, match, n_gt, w) -> np.ndarray:
+    "(T,) AP per IoU threshold with image weights `w` (COCO's 101-point interpolated precision)."
+    wd = w[img].astype(np.float64)
+    npig = float(w @ n_gt)
+    if npig == 0: return np.full(match.shape[0], np.nan)
+    tp = np.cumsum(match * wd, axis=1); fp = np.cumsum(~match * wd, axis=1)
+    rec_thrs = np.linspace(0, 1, 101)
+    out = np.zeros(match.shape[0])
+    for t in range(match.shape[0]):
+        if not tp.shape[1]: continue
+        rc = tp[t] / npig
+        pr = np.maximum.accumulate((tp[t] / (tp[t] + fp[t] + np.spacing(1)))[::-1])[::-1]
+        k = np.searchsorted(rc, rec_thrs, side='left')
+        q = np.where(k < len(rc), pr[np.minimum(k, len(rc) - 1)], 0.0)
+        out[t] = q.mean()
+    return out
+
+def coco_ap_ci(detections, # per image a (k, 5) array [x1, y1, x2, y2, score]
+               ground_truth, # per image a (m, 4) array [x1, y1, x2, y2]
+               n:int=1000, # bootstrap resamples of the images
+               seed:int=0, # random seed
+               level:float=0.95, # confidence level
+               iou_thresholds=COCO_IOUS, # IoU thresholds (OXnet: 0.40:0.05:0.75)
+               max_dets:int=100, # detections kept per image
+              ) -> dict:
+    "Percentile bootstrap intervals (over images) of COCO AP, AP40 and AP75: name -> `CI`."
+    level = _check_level(level)
+    thr = np.asarray(iou_thresholds, dtype=np.float64).ravel()
+    img, match, n_gt = _coco_matches(detections, ground_truth, thr, max_dets)
+    N, rng = len(n_gt), np.random.default_rng(seed)
+    pick = {'AP': np.ones(len(thr), bool), 'AP40': np.isclose(thr, 0.40), 'AP75': np.isclose(thr, 0.75)}
+    est = _coco_weighted_ap(img, match, n_gt, np.ones(N))
+    boot = []
+    for _ in range(n):
+        a = _coco_weighted_ap(img, match, n_gt, np.bincount(rng.integers(0, N, N), minlength=N))
+        if not np.isnan(a).any(): boot.append(a)
+    boot = np.asarray(boot).reshape(-1, len(thr))
+    if n and not len(boot): raise ValueError('no resample drew a ground-truth box: AP is undefined on every one')
+    out = {}
+    for name, sel in pick.items():
+        if not sel.any(): continue
+        v = boot[:, sel].mean(1)
+        lo, hi = np.quantile(v, [(1 - level) / 2, (1 + level) / 2]) if len(v) else (np.nan, np.nan)
+        out[name] = CI(float(est[sel].mean()), float(lo), float(hi), level, 'bootstrap', float(v.std(ddof=1)) if len(v) > 1 else float('nan'),
+                       n - len(boot), v)
+    return out
 
 # %% ../nbs/08a_metrics.ipynb #055c11d8
 def _axes(ax, figsize):

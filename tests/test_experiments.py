@@ -75,6 +75,11 @@ def test_every_method_runs_the_template(method_runs):
         rib = metrics['results']['rib_fracture']
         assert 0 <= rib['auroc'] <= 1 and rib['auroc_ci'][0] <= rib['auroc'] <= rib['auroc_ci'][1]
         assert 0 <= rib['pixel_froc'] <= 1 and 0 <= rib['component_froc'] <= 1
+        if METHODS[m].arch in ('retinanet', 'fcos'):   # a detector: COCO AP with its interval, which its saved boxes reproduce
+            assert set(rib['coco_ci']) == {'AP', 'AP40', 'AP75'} and rib['coco_ci']['AP'][0] <= rib['coco']['AP'] <= rib['coco_ci']['AP'][1]
+            again = ex.coco_intervals(d, recompute=True)['rib_fracture']
+            assert all(abs(a - b) < 1e-3 for k in again for a, b in zip(again[k], rib['coco_ci'][k])), (m, again, rib['coco_ci'])
+        else: assert 'coco' not in rib and ex.coco_intervals(d) == {}
 
 
 def test_collect_and_table(method_runs):

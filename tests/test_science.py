@@ -9,12 +9,15 @@ SCIENCE = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'science
 CHEST = ('rib_fracture', 'clavicle_fracture')
 
 
-def fake_run(d: Path, method, seed, values, classes=CHEST, **cfg):
+def fake_run(d: Path, method, seed, values, classes=CHEST, coco=None, coco_ci=None, **cfg):
     "A run folder with the metrics.json the training template writes; `values` maps metric -> value for every class."
     d.mkdir(parents=True)
     res = {c: {'n_test_pos': 30, 'n_test_neg': 90, 'auroc_ci': [0.5, 0.9], 'pixel_froc_ci': [0.1, 0.9], 'component_froc_ci': [0.0, 0.5],
                'pixel_froc': values.get('pixel_froc', 0.5), 'component_froc': values.get('component_froc', 0.2),
                'auroc': values.get('auroc', 0.8), 'recall_at_fp_0.1': 0.1} for c in classes}
+    for c in classes:   # a detector: COCO AP, and its bootstrap interval where the template wrote one
+        if coco is not None: res[c]['coco'] = {'AP': coco, 'AP40': 2 * coco, 'AP75': 0.0, 'AP_S': coco, 'AP_M': None, 'AP_L': None}
+        if coco_ci is not None: res[c]['coco_ci'] = {'AP': coco_ci, 'AP40': [0.0, 0.2], 'AP75': [0.0, 0.0]}
     config = {**dict(data='phantom', method=method, seed=seed, fold=0, t=0.4, a0=4.0, a=4.0), **cfg}
     (d / 'metrics.json').write_text(json.dumps({'config': config, 'results': res, 'timing': {'train_seconds': 60.0}}))
 
@@ -32,6 +35,8 @@ def science(tmp_path_factory):
         # the control (Mean Teacher at lambda = 0): below supervised on pixel FROC in every seed, a coin flip on AUROC
         fake_run(runs / f'ctl{s}', 'mean_teacher', s, {'pixel_froc': 0.55 + 0.01 * s, 'auroc': 0.80 + 0.01 * (-1) ** s}, distill_weight=0.0)
     fake_run(runs / 'dyn0', 'dynamic', 0, {'component_froc': 0.5})   # one seed only
+    for s in range(2): fake_run(runs / f'rn{s}', 'retinanet', s, {}, coco=0.03 - 0.01 * s, coco_ci=[0.01 - 0.005 * s, 0.06])
+    fake_run(runs / 'ox0', 'oxnet', 0, {}, coco=0.04)   # from before the template wrote coco_ci, and its boxes are gone
     fa = root / 'fracatlas'   # FracAtlas: one class; AALS below supervised on pixel FROC in every seed, Mean Teacher a coin flip
     for s in range(3):
         fake_run(fa / f'sup{s}', 'supervised', s, {'pixel_froc': 0.50 + 0.01 * s}, classes=('fracture',), data='data_manifests/fracatlas.csv')
@@ -58,7 +63,8 @@ def test_verdicts_follow_the_intervals(science):
     assert v[('aals', 'mean_teacher', 'rib auroc')].startswith('not reproduced: the opposite')
     assert v[('aals', 'aals t=0.2 a0=4', 'rib pixel_froc')].startswith('inconclusive at this power (4 seeds)')
     assert v[('dynamic', 'mean_teacher', 'rib component_froc')] == 'inconclusive: one seed, no interval'
-    assert v[('oxnet', 'retinanet', 'rib coco_ap')] == 'not run'
+    assert v[('oxnet', 'retinanet', 'rib coco_ap')] == 'inconclusive: one seed, no interval'
+    assert v[('sfl', 'retinanet', 'rib coco_ap')] == 'not run'
     c = pd.read_csv(out / 'science_claims.csv')
     row = c[(c.A == 'aals') & (c.B == 'mean_teacher') & (c.metric == 'rib pixel_froc')].iloc[0]
     assert row['paper: A / B'] == '0.8914 / 0.854' and row['seeds'] == 4
@@ -93,16 +99,31 @@ def test_fracatlas_claims_are_the_chest_claims_on_its_one_class(science):
 def test_arms_and_compute_tables(science):
     out, _ = science
     arms = (out / 'science_arms.md').read_text().splitlines()
-    assert arms[0] == '| arm | seeds | rib AUROC | rib pixel FROC | clavicle AUROC | clavicle pixel FROC | rib component FROC | rib Recall@FP=0.1 |'
+    assert arms[0] == ('| arm | seeds | rib AUROC | rib pixel FROC | clavicle AUROC | clavicle pixel FROC | rib component FROC | rib Recall@FP=0.1 '
+                       '| rib COCO AP40-75 | rib AP40 | rib AP75 |')
     names = [l.split(' | ')[0].lstrip('| ') for l in arms[2:]]
-    assert names == ['supervised pre-training', 'Mean Teacher', 'AALS', 'dynamic sharpening', 'aals t=0.2 a0=4', 'mean_teacher λ=0'], names   # the papers' order, the control last
+    assert names == ['supervised pre-training', 'Mean Teacher', 'AALS', 'RetinaNet', 'dynamic sharpening', 'aals t=0.2 a0=4', 'OXnet',
+                     'mean_teacher λ=0'], names   # the papers' order, the control last
     mt = next(l for l in arms if l.startswith('| Mean Teacher |'))
     assert mt.startswith('| Mean Teacher | 4 | ') and mt.split(' | ')[3].startswith('0.730 [')   # rib pixel FROC 0.70-0.76
     dyn = next(l for l in arms if l.startswith('| dynamic sharpening |'))
     assert dyn.split(' | ')[6] == '0.500'                               # one seed: a mean, no interval
     comp = (out / 'science_compute.md').read_text().splitlines()
-    assert comp[2:] == ['| AALS Table 1 | 12 | 12 |', '| dynamic sharpening Table 1 | 1 | 1 |', '| AALS Table 2 (t) | 4 | 4 |',
-                        '| control: stage 2 without distillation | 4 | 4 |'], comp
+    assert comp[2:] == ['| AALS Table 1 | 14 | 14 |', '| dynamic sharpening Table 1 | 1 | 1 |', '| AALS Table 2 (t) | 4 | 4 |',
+                        '| OXnet Table 1 (ablation) | 1 | 1 |', '| control: stage 2 without distillation | 4 | 4 |'], comp
+
+
+def test_detector_runs_carry_their_coco_interval(science):
+    "Per detector run, COCO AP with its bootstrap interval; a run without one (and without its boxes) says why, and keeps its AP."
+    out, nb = science
+    tab = pd.read_csv(out / 'science_per_run_coco.csv', index_col='seed', keep_default_na=False)
+    assert list(tab.columns) == ['retinanet', 'oxnet'], list(tab.columns)
+    assert tab.loc[0, 'retinanet'] == '0.030 [0.010, 0.060]' and tab.loc[1, 'retinanet'] == '0.020 [0.005, 0.060]'
+    assert tab.loc[0, 'oxnet'] == '0.040' and tab.loc[1, 'oxnet'] == ''
+    md = (out / 'science_per_run_coco.md').read_text().splitlines()
+    assert md[0] == '| seed | RetinaNet | OXnet |' and md[2] == '| 0 | 0.030 [0.010, 0.060] | 0.040 |', md
+    text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))
+    assert 'ox0: no interval of COCO AP' in text and 'detections.json: missing' in text, text[-2000:]
 
 
 def test_several_runs_of_one_arm_is_an_error(tmp_path):
