@@ -67,6 +67,7 @@ class TrainConfig:
     # optimisation
     batch_size:int = 8              # images per step per process (AALS: 48; dynamic sharpening: 32)
     lr:float = 4e-5                 # Adam learning rate (papers: 4e-5)
+    lr_stage2:float|None = None     # stage 2's learning rate (None: lr); AALS: 4e-5 in both stages, OXnet: 1e-5 (its stage 1: silent)
     weight_decay:float = 1e-4       # Adam weight decay (papers: 1e-4)
     grad_clip:float|None = None     # clip the gradient's global norm at this value (None: off; papers: silent; mmdetection's RetinaNet: 35)
     scheduler:str = 'none'          # 'none' (papers: none stated), 'cosine' (per stage, per step) or 'step' (x0.1 at 2/3 of a stage)
@@ -149,6 +150,9 @@ class TrainConfig:
         if self.p_fraction is not None and not 0 <= self.p_fraction < 1: raise ValueError(f'p_fraction must be None or lie in [0, 1), got {self.p_fraction}')
         if not 0 < self.p_subset <= 1: raise ValueError(f'p_subset must lie in (0, 1], got {self.p_subset} (no P at all is supervised pre-training: method supervised)')
         if self.batch_size < 1: raise ValueError('batch_size must be >= 1')
+        for k in ('lr', 'lr_stage2'):
+            v = getattr(self, k)
+            if v is not None and not (isinstance(v, (int, float)) and 0 < v < float('inf')): raise ValueError(f'{k} must be a positive number, got {v!r}' + (' (YAML 1.1 reads 1e-5 as a string: write 1.0e-5)' if isinstance(v, str) else ''))
         if self.holdout_test <= 0: raise ValueError('holdout_test must be > 0')
         return self
 
@@ -600,7 +604,7 @@ def make_dataset(cfg:TrainConfig, # the run's configuration
 # %% ../nbs/09_train.ipynb #a6338248
 STAGE2_FIELDS = ('method', 'loss_form', 'p_fraction', 'p_subset', 'distill_weight', 'consistency', 'p_negative', 'rampup_epochs',
                  't', 'a0', 'a', 'temperature', 'alpha', 'te_alpha', 'self_teacher_bn', 'epochs_stage2', 'init',
-                 'gpa_beta', 'gpa_delta', 'gpa_pairs', 'gpa_distance', 'sfl_alpha', 'sfl_epsilon', 'sfl_gamma', 'sfl_norm')  # do not change stage 1
+                 'gpa_beta', 'gpa_delta', 'gpa_pairs', 'gpa_distance', 'sfl_alpha', 'sfl_epsilon', 'sfl_gamma', 'sfl_norm', 'lr_stage2')  # do not change stage 1
 
 def resolved_losses(cfg:TrainConfig)->tuple:
     "(supervised loss, distillation loss) of a run: the config's, else its method's paper's."
@@ -618,7 +622,7 @@ def stage1_config(cfg:TrainConfig)->TrainConfig:
     d['out'] = str(stage1_folder(cfg, _key(d)))
     return TrainConfig.from_dict(d)
 
-LATER_FIELDS = {'p_subset': 1.0}   # fields added after stage-1 folders existed: left out of the key at their default, so old folders keep theirs
+LATER_FIELDS = {'p_subset': 1.0, 'lr_stage2': None}   # fields added after stage-1 folders existed: left out of the key at their default, so old folders keep theirs
 
 def _key(d:dict)->str:
     d = {k: v for k, v in d.items() if k not in RESUME_FREE and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
@@ -959,7 +963,8 @@ def _setup(self:_Run):
     "Optimizer, scheduler and the method's state for this stage (a resume then loads their states)."
     cfg = self.cfg
     fused = (self.di.device.type == 'cuda') if cfg.fused_adam is None else bool(cfg.fused_adam)
-    self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    lr = cfg.lr_stage2 if self.stage == 2 and cfg.lr_stage2 is not None else cfg.lr
+    self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=fused or None)
     E = cfg.epochs_stage1 if self.stage == 1 else cfg.epochs_stage2
     self.sched = _scheduler(self.opt, cfg.scheduler, self.n_steps() * E)
     self.M.setup()

@@ -34,6 +34,8 @@ def science(tmp_path_factory):
         fake_run(runs / f'aals_t2_{s}', 'aals', s, {'pixel_froc': 0.78 + 0.03 * (-1) ** s}, **{'t': 0.2})   # t = 0.2: a coin flip
         # the control (Mean Teacher at lambda = 0): below supervised on pixel FROC in every seed, a coin flip on AUROC
         fake_run(runs / f'ctl{s}', 'mean_teacher', s, {'pixel_froc': 0.55 + 0.01 * s, 'auroc': 0.80 + 0.01 * (-1) ** s}, distill_weight=0.0)
+        # stage 2 at the paper's rate: AALS 0.10 above supervised in every seed, 0.02 above itself at 1e-3 in every seed
+        fake_run(runs / f'aals_lr{s}', 'aals', s, {'pixel_froc': 0.80 + 0.015 * s}, lr_stage2=4e-5)
     fake_run(runs / 'dyn0', 'dynamic', 0, {'component_froc': 0.5})   # one seed only
     for s in range(2): fake_run(runs / f'rn{s}', 'retinanet', s, {}, coco=0.03 - 0.01 * s, coco_ci=[0.01 - 0.005 * s, 0.06])
     fake_run(runs / 'ox0', 'oxnet', 0, {}, coco=0.04)   # from before the template wrote coco_ci, and its boxes are gone
@@ -103,14 +105,15 @@ def test_arms_and_compute_tables(science):
                        '| rib COCO AP40-75 | rib AP40 | rib AP75 |')
     names = [l.split(' | ')[0].lstrip('| ') for l in arms[2:]]
     assert names == ['supervised pre-training', 'Mean Teacher', 'AALS', 'RetinaNet', 'dynamic sharpening', 'aals t=0.2 a0=4', 'OXnet',
-                     'mean_teacher λ=0'], names   # the papers' order, the control last
+                     'mean_teacher λ=0', 'aals lr2=4e-05'], names   # the papers' order, the control and the sensitivity run last
     mt = next(l for l in arms if l.startswith('| Mean Teacher |'))
     assert mt.startswith('| Mean Teacher | 4 | ') and mt.split(' | ')[3].startswith('0.730 [')   # rib pixel FROC 0.70-0.76
     dyn = next(l for l in arms if l.startswith('| dynamic sharpening |'))
     assert dyn.split(' | ')[6] == '0.500'                               # one seed: a mean, no interval
     comp = (out / 'science_compute.md').read_text().splitlines()
     assert comp[2:] == ['| AALS Table 1 | 14 | 14 |', '| dynamic sharpening Table 1 | 1 | 1 |', '| AALS Table 2 (t) | 4 | 4 |',
-                        '| OXnet Table 1 (ablation) | 1 | 1 |', '| control: stage 2 without distillation | 4 | 4 |'], comp
+                        '| OXnet Table 1 (ablation) | 1 | 1 |', '| control: stage 2 without distillation | 4 | 4 |',
+                        "| sensitivity: stage 2 at the papers' learning rate | 4 | 4 |"], comp
 
 
 def test_detector_runs_carry_their_coco_interval(science):
@@ -147,3 +150,16 @@ def test_the_control_reads_where_its_interval_lies(science):
     assert len(r) == 15                                        # 3 pairs x 2 classes x 2 metrics, and 3 detector pairs
     assert r[('sfl λ=0', 'retinanet', 'rib coco_ap')] == 'not run'                         # listed, never dropped
     assert 'reproduced' not in (out / 'science_controls.md').read_text()                  # a control is no claim of the papers
+
+
+def test_stage2_at_the_papers_rate_is_its_own_arm_and_read_like_the_control(science):
+    "A run with lr_stage2 is the arm `aals lr2=4e-05`, paired against supervised and against itself at the preset's rate."
+    out, _ = science
+    rows = (out / 'science_lr.md').read_text().splitlines()
+    assert rows[0] == '| A | B | metric | ours: A | ours: B | A − B (paired) | seeds | reading |'
+    r = {tuple(c.strip() for c in l.strip('|').split(' | ')[:3]): l.strip('|').split(' | ')[-1].strip() for l in rows[2:]}
+    assert r[('aals lr2=4e-05', 'supervised', 'rib pixel_froc')] == 'A above B'                 # +0.20 + 0.005 s
+    assert r[('aals lr2=4e-05', 'aals', 'rib pixel_froc')] == 'A above B'                       # +0.02 in every seed
+    assert r[('aals lr2=4e-05', 'mean_teacher lr2=4e-05', 'rib pixel_froc')] == 'not run'        # listed, never dropped
+    assert r[('oxnet lr2=1e-05', 'retinanet', 'rib coco_ap')] == 'not run'
+    assert len(r) == 2 * 2 * 8 + 2 + 4 and 'reproduced' not in (out / 'science_lr.md').read_text()

@@ -76,6 +76,9 @@ def test_stage1_is_shared_and_keyed_by_its_settings(phantom, tmp_path):
     assert d['stage1_model'] == a['stage1_model']                                       # same settings: shared again
     e = train(tiny(phantom, tmp_path/'mt2', method='mean_teacher', init=a['stage1_model']))
     assert read_log(tmp_path/'mt2')['stage'].tolist() == [2] and e['stage1_model'] == a['stage1_model']
+    f = train(tiny(phantom, tmp_path/'mt_lr', method='mean_teacher', lr_stage2=1e-5))
+    assert f['stage1_model'] == a['stage1_model'] and s1.stat().st_mtime_ns == t0        # stage 2's rate: the same stage 1
+    assert read_log(tmp_path/'mt_lr')['lr'].tolist() == [1e-3, 1e-5]                    # and stage 2 runs at it
     with pytest.raises(ValueError, match='unknown TrainConfig'): TrainConfig.from_dict({'lr_': 1})
 
 
