@@ -141,12 +141,17 @@ def test_several_runs_of_one_arm_is_an_error(tmp_path):
                             parameters={'runs_dir': str(tmp_path / 'runs'), 'out_dir': str(tmp_path / 'out')})
 
 
+def readings(md: Path) -> dict:
+    "(A, B, metric) -> reading, from a readings table the notebook writes (control, learning rate)."
+    rows = md.read_text().splitlines()
+    assert rows[0] == '| A | B | metric | ours: A | ours: B | A − B (paired) | seeds | reading |', rows[0]
+    return {tuple(c.strip() for c in l.strip('|').split(' | ')[:3]): l.strip('|').split(' | ')[-1].strip() for l in rows[2:]}
+
+
 def test_the_control_reads_where_its_interval_lies(science):
     "Mean Teacher at lambda = 0 is its own arm (not a second Mean Teacher run), paired against supervised, Mean Teacher and AALS."
     out, _ = science
-    rows = (out / 'science_controls.md').read_text().splitlines()
-    assert rows[0] == '| A | B | metric | ours: A | ours: B | A − B (paired) | seeds | reading |'
-    r = {tuple(c.strip() for c in l.strip('|').split(' | ')[:3]): l.strip('|').split(' | ')[-1].strip() for l in rows[2:]}
+    r = readings(out / 'science_controls.md')
     assert r[('mean_teacher λ=0', 'supervised', 'rib pixel_froc')] == 'A below B'          # -0.05 in every seed
     assert r[('mean_teacher', 'mean_teacher λ=0', 'rib pixel_froc')] == 'A above B'        # +0.15 + 0.01 s
     assert r[('aals', 'mean_teacher λ=0', 'rib pixel_froc')] == 'A above B'
@@ -159,9 +164,7 @@ def test_the_control_reads_where_its_interval_lies(science):
 def test_stage2_at_the_papers_rate_is_its_own_arm_and_read_like_the_control(science):
     "A run with lr_stage2 is the arm `aals lr2=4e-05`, paired against supervised and against itself at the preset's rate."
     out, _ = science
-    rows = (out / 'science_lr.md').read_text().splitlines()
-    assert rows[0] == '| A | B | metric | ours: A | ours: B | A − B (paired) | seeds | reading |'
-    r = {tuple(c.strip() for c in l.strip('|').split(' | ')[:3]): l.strip('|').split(' | ')[-1].strip() for l in rows[2:]}
+    r = readings(out / 'science_lr.md')
     assert r[('aals lr2=4e-05', 'supervised', 'rib pixel_froc')] == 'A above B'                 # +0.20 + 0.005 s
     assert r[('aals lr2=4e-05', 'aals', 'rib pixel_froc')] == 'A above B'                       # +0.02 in every seed
     assert r[('aals lr2=4e-05', 'mean_teacher lr2=4e-05', 'rib pixel_froc')] == 'not run'        # listed, never dropped
