@@ -152,7 +152,8 @@ class TrainConfig:
         if self.batch_size < 1: raise ValueError('batch_size must be >= 1')
         for k in ('lr', 'lr_stage2'):
             v = getattr(self, k)
-            if v is not None and not (isinstance(v, (int, float)) and 0 < v < float('inf')): raise ValueError(f'{k} must be a positive number, got {v!r}' + (' (YAML 1.1 reads 1e-5 as a string: write 1.0e-5)' if isinstance(v, str) else ''))
+            if isinstance(v, (np.floating, np.integer)): v = float(v); setattr(self, k, v)   # a NumPy number (a sweep written in Python): a plain float, so the config saves as JSON
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float('inf')): raise ValueError(f'{k} must be a positive number, got {v!r}' + (' (YAML 1.1 reads 1e-5 as a string: write 1.0e-5)' if isinstance(v, str) else ''))
         if self.holdout_test <= 0: raise ValueError('holdout_test must be > 0')
         return self
 
