@@ -7,7 +7,7 @@ __all__ = ['CHEXNET_NETS', 'DETECTORS', 'load_trunk_weights', 'CheXNet', 'show_c
            'local_attention', 'daa_pool', 'category_features', 'Prototypes', 'gpa_losses', 'build_network']
 
 # %% ../nbs/05a_detectors.ipynb #5dfe338f
-import math
+import math, re
 from collections import OrderedDict
 import torch, torchvision
 from torch import nn
@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from .model import find_imagenet_checkpoint, _fold_conv1, imagenet_stats
 
 # %% ../nbs/05a_detectors.ipynb #efa1caa3
+_DENSE_OLD = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')  # torchvision's own remapping
+
 def load_trunk_weights(trunk:nn.Module, # a torchvision ResNet or DenseNet (features), changed in place
                        name:str,        # its torchvision name ('resnet18', 'resnet50', 'densenet121')
                        weights:str|None, # None (keep random), 'imagenet' (local torchvision file) or a path
@@ -25,6 +27,7 @@ def load_trunk_weights(trunk:nn.Module, # a torchvision ResNet or DenseNet (feat
     path = find_imagenet_checkpoint(name) if weights == 'imagenet' else weights
     sd = torch.load(path, map_location='cpu', weights_only=True)
     sd = sd.get('model', sd) if isinstance(sd, dict) else sd
+    sd = {_DENSE_OLD.sub(r'\1\2', k): v for k, v in sd.items()}   # torchvision's DenseNet files: 'norm.1' for 'norm1'
     own = trunk.state_dict()
     for k, v in list(sd.items()):
         if k in own and v.ndim == 4 and v.shape[1] == 3 and own[k].shape[1] == in_channels: sd[k] = _fold_conv1(v, in_channels)

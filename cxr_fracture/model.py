@@ -20,12 +20,13 @@ _ARCH = {  # backbone -> (block name, blocks per stage)
     'resnet18': ('basic', (2, 2, 2, 2)),
     'resnet34': ('basic', (3, 4, 6, 3)),
     'resnet50': ('bottleneck', (3, 4, 6, 3)),
+    'resnet101': ('bottleneck', (3, 4, 23, 3)),   # OXnet's ("pre-trained Res101 weight from ImageNet")
 }
 
 class ResNetTrunk(nn.Module):
     "ResNet stem and four stages (torchvision blocks and parameter names), returning C2..C5."
     def __init__(self,
-                 backbone:str='resnet50', # 'resnet18', 'resnet34' or 'resnet50'
+                 backbone:str='resnet50', # 'resnet18', 'resnet34', 'resnet50' or 'resnet101'
                  in_channels:int=1,       # image channels (1: grayscale radiograph)
                  width:float=1.0,         # channel multiplier of every stage (1: torchvision's ResNet)
                 ):
@@ -67,7 +68,7 @@ class ResNetTrunk(nn.Module):
 class FractureFPN(nn.Module):
     "ResNet + FPN giving per-class fracture logits at stride 4 or 8 (AALS's probability-map network)."
     def __init__(self,
-                 backbone:str='resnet50',          # 'resnet18', 'resnet34' or 'resnet50'
+                 backbone:str='resnet50',          # 'resnet18', 'resnet34', 'resnet50' or 'resnet101'
                  classes:tuple=('rib_fracture', 'clavicle_fracture'), # one output map per class
                  stride:int=4,                     # output stride: 4 (merge P2..P5) or 8 (P3..P5)
                  fpn_channels:int=256,             # channels of every pyramid level
@@ -139,15 +140,15 @@ def image_scores(probs:torch.Tensor, # probability maps (B, C, H, W)
     return probs.amax(dim=(-2, -1))
 
 # %% ../nbs/05_model.ipynb #e6b8e426
-def imagenet_checkpoint_names(backbone:str, # 'resnet18', 'resnet34' or 'resnet50'
+def imagenet_checkpoint_names(backbone:str, # 'resnet18', 'resnet34', 'resnet50' or 'resnet101'
                              )->dict:       # {file name: download URL}, preferred first
     "torchvision's file names for the ImageNet weights of `backbone` (computed from its weights enum)."
     import torchvision.models as tvm
-    enum = getattr(tvm, {'resnet18': 'ResNet18_Weights', 'resnet34': 'ResNet34_Weights',
-                         'resnet50': 'ResNet50_Weights'}[backbone])
+    try: enum = tvm.get_model_weights(backbone)
+    except ValueError: raise ValueError(f'no torchvision ImageNet weights are known for backbone {backbone!r}') from None
     return {w.url.rsplit('/', 1)[-1]: w.url for w in enum}
 
-def find_imagenet_checkpoint(backbone:str, # 'resnet18', 'resnet34' or 'resnet50'
+def find_imagenet_checkpoint(backbone:str, # 'resnet18', 'resnet34', 'resnet50' or 'resnet101'
                              hub_dir:str|Path|None=None, # default: torch.hub.get_dir()
                             )->Path:
     "Path of torchvision's cached ImageNet checkpoint for `backbone`; FileNotFoundError saying what to put where."

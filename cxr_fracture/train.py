@@ -20,8 +20,9 @@ __all__ = ['TEMPLATE_ONLY', 'RESUME_FREE', 'STAGE2_FIELDS', 'LATER_FIELDS', 'RUN
            'distill_loss', 'combine_losses', 'MapMethod', 'Supervised', 'EMATeacherMethod', 'MeanTeacher', 'AALS',
            'Symmetric', 'PiModel', 'TemporalEnsembling', 'DynamicSharpening', 'DynamicEMA', 'DynamicConst',
            'model_stride', 'load_data', 'select_p_subset', 'make_dataset', 'resolved_losses', 'stage1_config',
-           'stage1_folder', 'FileLock', 'RunBusy', 'run_lock', 'evaluate', 'operating_point', 'data_warnings', 'train',
-           'load_trained', 'restore_normalisation', 'read_log', 'plot_log', 'add_cli']
+           'stage1_folder', 'FileLock', 'RunBusy', 'run_lock', 'evaluate', 'operating_point', 'data_warnings',
+           'PlateauLR', 'validation_map', 'train', 'load_trained', 'restore_normalisation', 'read_log', 'plot_log',
+           'add_cli']
 
 # %% ../nbs/09_train.ipynb #ce29eb43
 from .io import progress_bar
@@ -30,7 +31,7 @@ from .data import FractureDataset, MixedBatchSampler, Augment, warp_map, invert_
 from .sharpen import aals, dynamic_sharpen, dynamic_params, symmetric_sharpen
 from .losses import pixel_bce, weighted_bce, bernoulli_kl, sample_class_weights
 from .teacher import EMATeacher, TemporalEnsemble, teacher_map, pi_model_target, unwrap, logits_of
-from .metrics import image_auroc, pixel_froc, component_froc, paint_boxes
+from .metrics import image_auroc, pixel_froc, component_froc, paint_boxes, coco_ap_ci
 from .detectors import build_network
 from .methods import METHODS, Method, register_method, method_defaults, compose_theta, rampup
 from . import baselines  # registers chexnet, retinanet, fcos and OXnet's methods into METHODS
@@ -57,7 +58,7 @@ class TrainConfig:
     phantom_options:dict|None = None # phantom: more `make_phantom` settings, e.g. {'magnitude': 2.5}
     # network
     model:str = 'demo'              # a name in cxr_fracture.model.MODEL_CONFIGS ('aals': the papers' ResNet-50-FPN)
-    backbone:str|None = None        # override the configuration's backbone (resnet18/34/50)
+    backbone:str|None = None        # override the configuration's backbone (resnet18/34/50/101)
     weights:str|None = None         # backbone weights: None (random), 'imagenet' (local torchvision file) or a path
     size:int = DEMO_SIZE            # square input side in pixels, letterboxed (papers: 1024)
     stride:int|None = None          # override the configuration's output stride (4 or 8)
@@ -70,7 +71,9 @@ class TrainConfig:
     lr_stage2:float|None = None     # stage 2's learning rate (None: lr); AALS: 4e-5 in both stages, OXnet: 1e-5 (its stage 1: silent)
     weight_decay:float = 1e-4       # Adam weight decay (papers: 1e-4)
     grad_clip:float|None = None     # clip the gradient's global norm at this value (None: off; papers: silent; mmdetection's RetinaNet: 35)
-    scheduler:str = 'none'          # 'none' (papers: none stated), 'cosine' (per stage, per step) or 'step' (x0.1 at 2/3 of a stage)
+    scheduler:str = 'none'          # 'none' (AALS, dynamic sharpening: none stated), 'cosine' (per stage, per step), 'step' (x0.1 at 2/3 of a stage) or 'plateau' (x0.1 when the validation score stagnates: OXnet)
+    plateau_patience:int = 1        # 'plateau': epochs without a rise tolerated before the rate is divided by ten; paper: silent
+    plateau_monitor:str = 'auto'    # 'plateau' watches validation 'map' (COCO AP at IoU 0.40:0.75, OXnet's) or 'auroc' (mean AUROC); 'auto': map for a detector, else auroc
     epochs_stage1:int = 2           # supervised pre-training epochs on R and N (0 with init: start from init)
     epochs_stage2:int = 2           # the method's epochs (AALS: 25; dynamic sharpening: 30)
     augment:bool = True             # rotation, flip, intensity and contrast jitter (both papers) on the student's view
@@ -140,7 +143,7 @@ class TrainConfig:
     def check(self):
         "Normalise `classes` and raise ValueError on settings that cannot work."
         if isinstance(self.classes, str): self.classes = [c.strip() for c in self.classes.split(',') if c.strip()] or None
-        choices = dict(method=list(METHODS), model=list(MODEL_CONFIGS), scheduler=['cosine', 'step', 'none'],
+        choices = dict(method=list(METHODS), model=list(MODEL_CONFIGS), scheduler=['cosine', 'step', 'none', 'plateau'], plateau_monitor=['auto', 'map', 'auroc'],
                        loss_form=['sum', 'mean'], sup_loss=[None, 'bce', 'wbce'], consistency=[None, 'kl', 'mse'],
                        p_negative=['zero', 'none'], self_teacher_bn=['eval', 'train'], split_scheme=['folds', 'holdout'],
                        chexnet_net=['resnet', 'densenet121'], cam_norm=['sigmoid', 'minmax'], sfl_norm=['teacher_mass', 'anchors'],
@@ -150,6 +153,9 @@ class TrainConfig:
         if self.p_fraction is not None and not 0 <= self.p_fraction < 1: raise ValueError(f'p_fraction must be None or lie in [0, 1), got {self.p_fraction}')
         if not 0 < self.p_subset <= 1: raise ValueError(f'p_subset must lie in (0, 1], got {self.p_subset} (no P at all is supervised pre-training: method supervised)')
         if self.batch_size < 1: raise ValueError('batch_size must be >= 1')
+        if isinstance(self.plateau_patience, bool) or not isinstance(self.plateau_patience, (int, np.integer)) or self.plateau_patience < 0:
+            raise ValueError(f'plateau_patience must be a whole number >= 0, got {self.plateau_patience!r}')
+        self.plateau_patience = int(self.plateau_patience)
         for k in ('lr', 'lr_stage2'):
             v = getattr(self, k)
             if isinstance(v, (np.floating, np.integer)): v = float(v); setattr(self, k, v)   # a NumPy number (a sweep written in Python): a plain float, so the config saves as JSON
@@ -281,6 +287,7 @@ def check_resume_config(saved:dict, # the checkpoint's `config`
                        ):
     "ValueError naming the fields (other than RESUME_FREE) in which `cfg` differs from a checkpoint's config."
     now = cfg.to_dict()
+    saved = {**{k: v for k, v in LATER_FIELDS.items() if k not in saved}, **saved}   # a field added later: its default in an older checkpoint
     bad = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k, '<absent>') != now.get(k, '<absent>'))
     if bad:
         diff = ', '.join(f'{k}: {saved.get(k, "<absent>")!r} -> {now.get(k, "<absent>")!r}' for k in bad)
@@ -623,7 +630,7 @@ def stage1_config(cfg:TrainConfig)->TrainConfig:
     d['out'] = str(stage1_folder(cfg, _key(d)))
     return TrainConfig.from_dict(d)
 
-LATER_FIELDS = {'p_subset': 1.0, 'lr_stage2': None}   # fields added after stage-1 folders existed: left out of the key at their default, so old folders keep theirs
+LATER_FIELDS = {'p_subset': 1.0, 'lr_stage2': None, 'plateau_patience': 1, 'plateau_monitor': 'auto'}   # fields added after stage-1 folders existed: left out of the key at their default, so old folders keep theirs
 
 def _key(d:dict)->str:
     d = {k: v for k, v in d.items() if k not in RESUME_FREE and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
@@ -827,13 +834,25 @@ def _jsonable(x):
     if isinstance(x, np.generic): return x.item()
     return x
 
-def _scheduler(opt, kind:str, total:int):
+def _scheduler(opt, kind:str, total:int, patience:int=1):
     total = max(1, int(total))
     if kind == 'cosine': return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     if kind == 'step': return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, (2 * total) // 3), gamma=0.1)
+    if kind == 'plateau': return PlateauLR(opt, patience)
     return torch.optim.lr_scheduler.LambdaLR(opt, _one)
 
 def _one(_): return 1.0
+
+class PlateauLR:
+    "Divide every group's rate by ten when the epoch's validation score has not risen for more than `patience` epochs (OXnet)."
+    def __init__(self, opt, patience:int=1):
+        self.p = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode='max', factor=0.1, patience=patience, threshold=0.0)
+    def step(self): pass                 # called after every optimisation step: the rate moves only at an epoch's end
+    def epoch_end(self, score:float):
+        if score != score: raise ValueError('the plateau schedule got a NaN validation score')
+        self.p.step(float(score))
+    def state_dict(self)->dict: return self.p.state_dict()
+    def load_state_dict(self, sd:dict): self.p.load_state_dict(sd)
 
 def _sync_buffers(model:nn.Module, di:DistInfo):
     "Average floating buffers (BatchNorm statistics) over ranks so every rank's student and teacher agree."
@@ -845,6 +864,22 @@ def _sync_buffers(model:nn.Module, di:DistInfo):
     dist.all_reduce(flat); flat /= di.world
     o = 0
     for b in bufs: n = b.numel(); b.copy_(flat[o:o + n].view_as(b).to(b.dtype)); o += n
+
+# %% ../nbs/09_train.ipynb #c7a1e0f3
+def validation_map(res:dict,  # from `evaluate(..., return_maps=True)` of a detector (it has 'detections')
+                   stride:int, # the data set's map stride (boxes in map pixels -> cache pixels, as the detections)
+                  )->float:
+    "Mean over classes of COCO AP at IoU 0.40:0.05:0.75 (OXnet's mAP) on each class's negatives and located positives."
+    if 'detections' not in res: raise ValueError('validation mAP needs a detector: these results have no detections')
+    L, aps = res['labels'], []
+    for k, c in enumerate(res['classes']):
+        keep = [i for i in range(len(L)) if L[i, k] == 0 or (L[i, k] == 1 and len(res['boxes'][i][c]))]
+        gts = [np.asarray(res['boxes'][i][c], dtype=np.float64).reshape(-1, 4) * stride for i in keep]
+        if not any(len(g) for g in gts): continue
+        aps.append(coco_ap_ci([res['detections'][i][k] for i in keep], gts, n=0)['AP'].estimate)
+    if not aps: raise ValueError(f"the validation split ({res['n_images']} images) has no located fracture of any class "
+                                 f"{list(res['classes'])}: its mAP is undefined; set plateau_monitor='auroc'")
+    return float(np.mean(aps))
 
 # %% ../nbs/09_train.ipynb #722e6985
 class _Run:
@@ -967,7 +1002,11 @@ def _setup(self:_Run):
     lr = cfg.lr_stage2 if self.stage == 2 and cfg.lr_stage2 is not None else cfg.lr
     self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=fused or None)
     E = cfg.epochs_stage1 if self.stage == 1 else cfg.epochs_stage2
-    self.sched = _scheduler(self.opt, cfg.scheduler, self.n_steps() * E)
+    self.sched = _scheduler(self.opt, cfg.scheduler, self.n_steps() * E, cfg.plateau_patience)
+    self.monitor = None if cfg.scheduler != 'plateau' else (cfg.plateau_monitor if cfg.plateau_monitor != 'auto' else
+                                                           'map' if hasattr(unwrap(self.model), 'predict') else 'auroc')
+    if self.monitor == 'map' and not hasattr(unwrap(self.model), 'predict'):
+        raise ValueError(f"plateau_monitor='map' needs a detector (its boxes); method {self.M.name!r} gives maps: use 'auroc' or 'auto'")
     self.M.setup()
 
 # %% ../nbs/09_train.ipynb #ac4a99e9
@@ -1014,8 +1053,10 @@ def _run_epoch(self:_Run, epoch:int):
 def _validate(self:_Run)->dict:
     res = None
     if self.di.main:
-        r = evaluate(self.model, self.val_ds, batch_size=max(1, 2 * self.cfg.batch_size), amp=self.amp, limit=self.cfg.limit_val)
+        r = evaluate(self.model, self.val_ds, batch_size=max(1, 2 * self.cfg.batch_size), amp=self.amp, limit=self.cfg.limit_val,
+                     return_maps=self.monitor == 'map')
         res = {'auroc': r['auroc'], 'mean_auroc': r['mean_auroc']}
+        if self.monitor == 'map': res['map'] = validation_map(r, self.val_ds.stride)
     return _broadcast(res, self.di)
 
 @_patch
@@ -1030,6 +1071,10 @@ def _end_epoch(self:_Run, epoch:int):
            'time_s': a['time'], 'images': a['n'] * W, 'images_per_s': a['n'] * W / a['time'] if a['time'] > 0 else None,
            'world_size': W, **self.M.log()}
     score = v['mean_auroc'] if v['mean_auroc'] == v['mean_auroc'] else -rec['loss']  # no AUROC (one class only): lowest loss
+    if self.monitor:   # the plateau schedule: this epoch's score decides the next epoch's rate (all ranks got the same `v`)
+        rec['plateau_score'] = v['map'] if self.monitor == 'map' else score
+        rec['plateau_monitor'] = self.monitor if self.monitor == 'map' or score == v['mean_auroc'] else 'loss'
+        self.sched.epoch_end(rec['plateau_score'])
     rec = _jsonable(rec)
     if self.di.main:
         with open(self.out/'metrics_log.jsonl', 'a') as f: f.write(json.dumps(_no_nan(rec), allow_nan=False) + '\n')

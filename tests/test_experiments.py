@@ -336,7 +336,7 @@ def test_presets_are_known_parameters():
     known = set(template_parameters())
     for p in (experiments_dir() / 'presets').glob('*.yaml'):
         assert set(yaml.safe_load(p.read_text())) <= known, p
-    assert {p.stem for p in (experiments_dir() / 'presets').glob('*.yaml')} >= {'test', 'demo', 'fracatlas', 'aals_paper', 'ds_paper'}
+    assert {p.stem for p in (experiments_dir() / 'presets').glob('*.yaml')} >= {'test', 'demo', 'fracatlas', 'aals_paper', 'ds_paper', 'oxnet_paper'}
     for p in (experiments_dir() / 'presets').glob('*.yaml'):   # every preset is a valid configuration
         TrainConfig.from_params({**resolve_params(p.stem), 'out': '/tmp/x'})
 
@@ -361,7 +361,7 @@ def test_every_field_can_be_set_with_p():
              'consistency': 'mse', 'p_negative': 'none', 'self_teacher_bn': 'train', 'split_scheme': 'holdout',
              'classes': 'rib_fracture', 'data': 'x.csv', 'chexnet_net': 'densenet121', 'cam_norm': 'minmax',
              'sfl_norm': 'anchors', 'gpa_pairs': 'all', 'gpa_distance': 'sum', 'alpha': 0.99, 'anchor_size': 12.0,
-             'grad_clip': 5.0, 'lr_stage2': 1e-5}.get(f.name)
+             'grad_clip': 5.0, 'lr_stage2': 1e-5, 'plateau_monitor': 'map'}.get(f.name)
         if v is None:
             d = f.default
             v = (not d) if isinstance(d, bool) else (d + 1 if isinstance(d, int) else (d / 2 if isinstance(d, float) else

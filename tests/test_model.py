@@ -39,10 +39,10 @@ def test_prior_bias_initial_maps_near_pi():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match='stride'): FractureFPN('resnet18', stride=16)
-    with pytest.raises(ValueError, match='backbone'): FractureFPN('resnet101')
+    with pytest.raises(ValueError, match='backbone'): FractureFPN('resnet152')
 
 
-@pytest.mark.parametrize('name', ['resnet18', 'resnet34', 'resnet50'])
+@pytest.mark.parametrize('name', ['resnet18', 'resnet34', 'resnet50', 'resnet101'])
 def test_trunk_matches_torchvision_names(name):
     ref = {k: v.shape for k, v in getattr(torchvision.models, name)().state_dict().items() if not k.startswith('fc.')}
     assert {k: v.shape for k, v in ResNetTrunk(name, in_channels=3).state_dict().items()} == ref

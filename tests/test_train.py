@@ -82,6 +82,38 @@ def test_stage1_is_shared_and_keyed_by_its_settings(phantom, tmp_path):
     with pytest.raises(ValueError, match='unknown TrainConfig'): TrainConfig.from_dict({'lr_': 1})
 
 
+def _plateau_rates(scores, lr0):
+    "The rates a max-mode plateau schedule with patience 0 and no threshold gives the epochs after each score."
+    best, lr, out = -float('inf'), lr0, []
+    for s in scores:
+        out.append(lr)
+        if s > best: best = s
+        else: lr /= 10
+    return out
+
+
+def test_plateau_schedule_follows_the_validation_score(phantom, tmp_path):
+    """OXnet's schedule: a detector watches validation mAP, a map network mean AUROC; every epoch's logged rate is the
+    one the scores before it give (divided by ten after an epoch without a rise, patience 0), stage by stage."""
+    torch.set_num_threads(1)
+    reduced = []
+    for method, monitor in [('oxnet', 'map'), ('mean_teacher', 'auroc')]:
+        train(tiny(phantom, tmp_path/method, method=method, scheduler='plateau', plateau_patience=0,
+                   epochs_stage1=3, epochs_stage2=2, limit_batches=1))
+        log = read_log(tmp_path/method)
+        assert log['stage'].tolist() == [1, 1, 1, 2, 2], method
+        assert set(log['plateau_monitor']) == {monitor}, method
+        assert log['plateau_score'].notna().all(), method
+        if monitor == 'auroc': assert log['plateau_score'].tolist() == log['val_mean_auroc'].tolist()
+        else: assert log['plateau_score'].between(0, 1).all()
+        for stage, g in log.groupby('stage'):   # each stage starts at its own rate with a fresh schedule
+            assert g['lr'].tolist() == pytest.approx(_plateau_rates(g['plateau_score'].tolist(), 1e-3), rel=1e-9), (method, stage)
+            reduced += [(method, stage)] if g['lr'].min() < 1e-3 else []
+    assert reduced, 'no epoch without a rise: the schedule was never exercised'
+    with pytest.raises(ValueError, match="plateau_monitor='map' needs a detector"):
+        train(tiny(phantom, tmp_path/'bad', method='mean_teacher', scheduler='plateau', plateau_monitor='map'))
+
+
 def test_a_new_method_is_an_addition(phantom, tmp_path):
     "A method registered from outside runs through the unchanged loop; the loop never branches on the method's name."
     src = inspect.getsource(T._Run) + ''.join(inspect.getsource(getattr(T._Run, n)) for n in
@@ -287,11 +319,12 @@ def _checkpoint(path):
     except Exception: return None
 
 
-@pytest.mark.parametrize('method', ['dynamic', 'temporal_ensemble'])
-def test_resume_after_sigkill_is_exact(phantom, tmp_path, method):
+@pytest.mark.parametrize('method,extra', [('dynamic', {}), ('temporal_ensemble', {}),
+                                          ('mean_teacher', {'scheduler': 'plateau', 'plateau_patience': 0})])
+def test_resume_after_sigkill_is_exact(phantom, tmp_path, method, extra):
     "Killed (SIGKILL) in the middle of the last stage-2 epoch and resumed: every checkpointed value equals an uninterrupted run's."
     script = tmp_path/'run.py'; script.write_text(SCRIPT)
-    ref = tiny(phantom, tmp_path/'ref', method=method, epochs_stage1=1, epochs_stage2=2, limit_batches=3, checkpoint_every=1)
+    ref = tiny(phantom, tmp_path/'ref', method=method, epochs_stage1=1, epochs_stage2=2, limit_batches=3, checkpoint_every=1, **extra)
     cut = {**ref, 'out': str(tmp_path/'cut')}
     subprocess.run([sys.executable, str(script), json.dumps(ref), '0', '0'], check=True, env=ENV, timeout=120)
     p = subprocess.Popen([sys.executable, str(script), json.dumps(cut), '0', '0.3'], env=ENV)
@@ -312,6 +345,7 @@ def test_resume_after_sigkill_is_exact(phantom, tmp_path, method):
     assert (killed_at['stage'], killed_at['epoch']) == (2, 1) and killed_at['step'] > 0, 'not killed mid-epoch of stage 2'
     if method == 'temporal_ensemble': assert bool((killed_at['method']['ensemble']['t'] > 0).any()) and float(killed_at['method']['zn'].sum()) > 0
     if method == 'dynamic': assert killed_at['method']['dynamic']['t'] is not None
+    if extra: assert killed_at['scheduler']['last_epoch'] == 1 and 0 <= killed_at['scheduler']['best'] <= 1   # the plateau watched stage 2's first epoch
     subprocess.run([sys.executable, str(script), json.dumps(cut), '1', '0'], check=True, env=ENV, timeout=120)
     a, b = (torch.load(tmp_path/d/'checkpoints'/'last.pt', weights_only=True) for d in ('ref', 'cut'))
     assert a.keys() == b.keys()
