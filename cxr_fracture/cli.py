@@ -21,6 +21,7 @@ COMMANDS = {  # subcommand -> (module that registers it, one-line help)
     'run':            ('experiments', 'run the papermill training template with a preset'),
     'sweep':          ('experiments', 'expand a grid of runs (sequential, per GPU, or a Slurm array)'),
     'demo':           ('experiments', 'the main job: phantom, then supervised / Mean Teacher / AALS / dynamic'),
+    'archive':        ('experiments', "copy finished runs' records (metrics, logs; no models) into an archive to commit"),
     'bench':          ('bench',    'images/s of the training step per speed variant, the loader, the evaluation'),
 }
 

@@ -467,3 +467,36 @@ def test_sweep_cli_exit_status_when_a_run_is_busy(tmp_path, monkeypatch):
         fake(preset, ov, out, resume)
     monkeypatch.setattr(ex, 'run_experiment', fake2)
     assert main(['sweep', str(grid), '--gpus', '0']) == 1
+
+
+def test_a_sweep_archives_each_run_as_it_ends(tmp_path, monkeypatch, capsys):
+    "A grid's `archive:` copies each finished run's records (not its model) as it ends, a run finished earlier too; a "
+    "run trained again with other results is a conflict, reported and left as it was; `cxr-fracture archive` does the same."
+    from cxr_fracture.cli import main
+    grid, arc = tmp_path / 'g.yaml', tmp_path / 'results'
+    grid.write_text(yaml.safe_dump({'preset': 'test', 'out': str(tmp_path / 'g'), 'archive': str(arc), 'grid': {'seed': [0, 1, 2]}}))
+    seen = []
+    def fake(preset, ov, out, resume, auroc=0.7):
+        if out.endswith('seed-2'): raise ex.RunFailed('boom')
+        seen.append(sorted(p.parent.name for p in arc.rglob('metrics.json')))   # what the archive held when this run started
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / 'metrics.json').write_text(json.dumps({'config': {'seed': ov['seed']}, 'results': {'rib': {'auroc': auroc}}}))
+        (Path(out) / 'model.pt').write_bytes(b'0' * 10)
+    monkeypatch.setattr(ex, 'run_experiment', fake)
+    rep = sweep(grid, gpus=0)
+    assert list(rep.status) == ['ok', 'ok', 'failed'] and list(rep.archive[:2]) == ['new', 'new'] and rep.archive.isna()[2]
+    assert seen == [[], ['seed-0']]                       # seed 0 was archived before seed 1 started
+    assert {p.relative_to(arc).as_posix() for p in arc.rglob('*') if p.is_file()} == {'seed-0/metrics.json', 'seed-1/metrics.json'}
+    # seed 0 trained again elsewhere with other results: the sweep skips it (done) and reports the conflict
+    (tmp_path / 'g' / 'seed-0' / 'metrics.json').write_text(json.dumps({'results': {'rib': {'auroc': 0.1}}}))
+    rep = sweep(grid, gpus=0)
+    assert rep.status[0] == 'done (skipped)' and rep.archive[0].startswith('conflict') and 'metrics.json differ' in rep.archive[0]
+    assert json.loads((arc / 'seed-0' / 'metrics.json').read_text())['results']['rib']['auroc'] == 0.7
+    capsys.readouterr()
+    assert main(['archive', str(tmp_path / 'g'), str(arc)]) == 1                 # the conflict: exit 1, named
+    out, err = capsys.readouterr()
+    assert 'conflict' in out and 'seed-0' in err and 'metrics.json differ' in err
+    assert main(['archive', str(tmp_path / 'g'), str(arc), '--overwrite']) == 0
+    assert json.loads((arc / 'seed-0' / 'metrics.json').read_text())['results']['rib']['auroc'] == 0.1
+    assert main(['archive', str(tmp_path / 'nothing'), str(arc)]) == 1
+    assert 'no such folder' in capsys.readouterr().err

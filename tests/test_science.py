@@ -170,3 +170,45 @@ def test_stage2_at_the_papers_rate_is_its_own_arm_and_read_like_the_control(scie
     assert r[('aals lr2=4e-05', 'mean_teacher lr2=4e-05', 'rib pixel_froc')] == 'not run'        # listed, never dropped
     assert r[('oxnet lr2=1e-05', 'retinanet', 'rib coco_ap')] == 'not run'
     assert len(r) == 2 * 2 * 8 + 2 + 4 and 'reproduced' not in (out / 'science_lr.md').read_text()
+
+
+ARCHIVE = SCIENCE.parent / 'results' / 'science'
+
+
+def committed_per_run_coco() -> dict:
+    "The committed notebook's table of rib COCO AP per detector run: (arm, seed) -> 'AP [lo, hi]', as its HTML output shows it."
+    import re
+    nb = json.loads(SCIENCE.read_text())
+    cell = next(c for c in nb['cells'] if 'def per_run_coco' in ''.join(c['source']))
+    html = next(''.join(o['data']['text/html']) for o in cell['outputs'] if 'text/html' in o.get('data', {}))
+    rows = [re.findall(r'<t[hd]>(.*?)</t[hd]>', r, re.S) for r in re.findall(r'<tr[^>]*>(.*?)</tr>', html, re.S)]
+    arms = rows[0][1:]                                    # <th>arm</th><th>retinanet</th>...
+    return {(a, int(r[0])): v for r in rows[2:] for a, v in zip(arms, r[1:]) if v}
+
+
+def with_ci(v, ci):   # the notebook's format of a run's value [interval]
+    f = '.1e' if 0 < v < 1e-3 else '.3f'
+    return f'{v:{f}} [{ci[0]:{f}}, {ci[1]:{f}}]'
+
+
+def test_the_committed_per_run_table_is_parsed():
+    t = committed_per_run_coco()
+    assert t[('retinanet', 0)] == '0.026 [0.003, 0.063]' and t[('oxnet', 1)] == '3.8e-05 [4.7e-06, 1.9e-04]'
+
+
+def test_archived_reruns_reproduce_the_committed_record():
+    """A detector run rerun into the archive (`archive:` in the science grids) against the committed notebook's output
+    of the run it repeats, trained on another machine before the archive existed: a run is deterministic on a CPU, so
+    its rib COCO AP and interval must agree to the digits shown."""
+    committed = committed_per_run_coco()
+    checked = []
+    for m in sorted(ARCHIVE.rglob('metrics.json')):
+        j = json.loads(m.read_text()); cfg = j['config']
+        if cfg.get('lr_stage2') is not None or float(cfg.get('distill_weight', 1.0)) != 1.0 or float(cfg.get('p_subset', 1.0)) != 1.0:
+            continue                                      # an arm with a suffix: not in this plain comparison
+        key = (cfg['method'], int(cfg['seed']))
+        r = j['results']['rib_fracture']
+        if key not in committed or not r.get('coco'): continue
+        assert with_ci(r['coco']['AP'], r['coco_ci']['AP']) == committed[key], (m, key)
+        checked.append(key)
+    if not checked: pytest.skip(f'no archived detector run under {ARCHIVE} repeats a run of the committed table')
