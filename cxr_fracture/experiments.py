@@ -363,7 +363,7 @@ def _same_file(a:Path, b:Path) -> bool:
 def archive_run(run:str|Path, # a finished run folder (it has metrics.json)
                 dest:str|Path, # where its records go (created)
                 files:tuple=ARCHIVE_FILES, # the records kept (never the model or its checkpoints)
-                max_bytes:int=5_000_000, # a record larger than this is left out and reported
+                max_bytes:int=1_000_000, # a record larger than this is left out and reported
                 overwrite:bool=False, # replace archived records that differ (else: a conflict, nothing written)
                ) -> dict: # status (new / same / updated / conflict), files, left_out, error
     "Copy one finished run's records into DEST; an archived run whose records differ is a conflict unless `overwrite`."
@@ -391,7 +391,7 @@ def archive_run(run:str|Path, # a finished run folder (it has metrics.json)
 def archive_runs(src:str|Path, # a folder of runs (searched recursively for metrics.json), or one run folder
                  dest:str|Path, # the archive: each run lands at DEST/<its path under SRC>
                  files:tuple=ARCHIVE_FILES, # the records kept of each run
-                 max_bytes:int=5_000_000, # a record larger than this is left out and reported
+                 max_bytes:int=1_000_000, # a record larger than this is left out and reported
                  overwrite:bool=False, # replace archived runs whose records differ
                 ) -> pd.DataFrame: # one row per run: run, to, status, files, left_out, error
     "Copy the records of every finished run under SRC into the archive DEST, keeping their layout (`archive_run` each)."
@@ -835,5 +835,5 @@ def add_cli(sub): # the subparsers of the `cxr-fracture` parser
     p.add_argument('runs', metavar='RUNS_DIR', help='a folder of runs (searched recursively), or one run folder')
     p.add_argument('archive', metavar='ARCHIVE_DIR', help='the archive (e.g. nbs/experiments/results/science)')
     p.add_argument('--overwrite', action='store_true', help='replace archived records that differ')
-    p.add_argument('--max-bytes', type=int, default=5_000_000, help='leave out (and report) a record larger than this (default: 5000000)')
+    p.add_argument('--max-bytes', type=int, default=1_000_000, help='leave out (and report) a record larger than this (default: 1000000)')
     p.set_defaults(func=_archive_cli)

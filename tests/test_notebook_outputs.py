@@ -19,9 +19,21 @@ def _outputs(nb):
         for o in c.get('outputs', []): yield i, c, o
 
 
+ARCHIVE = NBS / 'experiments' / 'results'   # the runs' records (`cxr-fracture archive`): data, with a budget of its own
+MAX_ARCHIVE_BYTES = 30 * 2**20              # about 35 kB a run: some 800 runs
+
+
 def test_nbs_is_small():
-    size = sum(f.stat().st_size for f in NBS.rglob('*') if f.is_file())
+    size = sum(f.stat().st_size for f in NBS.rglob('*') if f.is_file() and ARCHIVE not in f.parents)
     assert size < MAX_NBS_BYTES, f'nbs/ is {size / 2**20:.1f} MB, over 10 MB: lower the dpi or the number of figures'
+
+
+def test_the_runs_archive_is_small():
+    files = [f for f in ARCHIVE.rglob('*') if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    assert size < MAX_ARCHIVE_BYTES, f'{ARCHIVE} is {size / 2**20:.1f} MB, over 30 MB: archive with a lower --max-bytes'
+    big = [f'{f} ({f.stat().st_size:,} bytes)' for f in files if f.stat().st_size > 1_000_000]
+    assert not big, f'records over the archive default max_bytes (1 MB): {big}'
 
 
 @pytest.mark.parametrize('path', ALL, ids=[str(p.relative_to(NBS)) for p in ALL])

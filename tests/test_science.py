@@ -194,6 +194,7 @@ def with_ci(v, ci):   # the notebook's format of a run's value [interval]
 def test_the_committed_per_run_table_is_parsed():
     t = committed_per_run_coco()
     assert t[('retinanet', 0)] == '0.026 [0.003, 0.063]' and t[('oxnet', 1)] == '3.8e-05 [4.7e-06, 1.9e-04]'
+    assert t[('sfl λ=0 lr2=1e-05', 2)] == '0.015 [0.004, 0.041]' and ('sfl', 2) not in t
 
 
 def test_archived_reruns_reproduce_the_committed_record():
@@ -204,9 +205,10 @@ def test_archived_reruns_reproduce_the_committed_record():
     checked = []
     for m in sorted(ARCHIVE.rglob('metrics.json')):
         j = json.loads(m.read_text()); cfg = j['config']
-        if cfg.get('lr_stage2') is not None or float(cfg.get('distill_weight', 1.0)) != 1.0 or float(cfg.get('p_subset', 1.0)) != 1.0:
-            continue                                      # an arm with a suffix: not in this plain comparison
-        key = (cfg['method'], int(cfg['seed']))
+        if float(cfg.get('p_subset', 1.0)) != 1.0: continue   # no detector arm has a P subset
+        arm = cfg['method'] + (f" λ={float(cfg['distill_weight']):g}" if float(cfg.get('distill_weight', 1.0)) != 1.0 else '') \
+              + (f" lr2={float(cfg['lr_stage2']):g}" if cfg.get('lr_stage2') is not None else '')   # the notebook's arm label
+        key = (arm, int(cfg['seed']))
         r = j['results']['rib_fracture']
         if key not in committed or not r.get('coco'): continue
         assert with_ci(r['coco']['AP'], r['coco_ci']['AP']) == committed[key], (m, key)
