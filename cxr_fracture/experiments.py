@@ -385,7 +385,7 @@ def archive_run(run:str|Path, # a finished run folder (it has metrics.json)
     for f in keep:
         if f in known and f not in differ: continue
         tmp = dest/(f + '.tmp'); shutil.copyfile(run/f, tmp); os.replace(tmp, dest/f); copied.append(f)
-    status = 'updated' if differ else 'new' if not known else 'same' if not copied else 'updated'
+    status = 'new' if not known else 'same' if not copied else 'updated'   # a differing record is copied only with overwrite
     return dict(status=status, files=copied, left_out=left_out, error='')
 
 def archive_runs(src:str|Path, # a folder of runs (searched recursively for metrics.json), or one run folder
