@@ -74,6 +74,7 @@ class TrainConfig:
     scheduler:str = 'none'          # 'none' (AALS, dynamic sharpening: none stated), 'cosine' (per stage, per step), 'step' (x0.1 at 2/3 of a stage) or 'plateau' (x0.1 when the validation score stagnates: OXnet)
     plateau_patience:int = 1        # 'plateau': epochs without a rise tolerated before the rate is divided by ten; paper: silent
     plateau_monitor:str = 'auto'    # 'plateau' watches validation 'map' (COCO AP at IoU 0.40:0.75, OXnet's) or 'auroc' (mean AUROC); 'auto': map for a detector, else auroc
+    select_by:str = 'auroc'         # the epoch kept as model.pt: 'auroc' (highest validation mean AUROC: AALS, dynamic sharpening), 'map' (a detector's validation mAP) or 'last'; OXnet: silent
     epochs_stage1:int = 2           # supervised pre-training epochs on R and N (0 with init: start from init)
     epochs_stage2:int = 2           # the method's epochs (AALS: 25; dynamic sharpening: 30)
     augment:bool = True             # rotation, flip, intensity and contrast jitter (both papers) on the student's view
@@ -144,6 +145,7 @@ class TrainConfig:
         "Normalise `classes` and raise ValueError on settings that cannot work."
         if isinstance(self.classes, str): self.classes = [c.strip() for c in self.classes.split(',') if c.strip()] or None
         choices = dict(method=list(METHODS), model=list(MODEL_CONFIGS), scheduler=['cosine', 'step', 'none', 'plateau'], plateau_monitor=['auto', 'map', 'auroc'],
+                       select_by=['auroc', 'map', 'last'],
                        loss_form=['sum', 'mean'], sup_loss=[None, 'bce', 'wbce'], consistency=[None, 'kl', 'mse'],
                        p_negative=['zero', 'none'], self_teacher_bn=['eval', 'train'], split_scheme=['folds', 'holdout'],
                        chexnet_net=['resnet', 'densenet121'], cam_norm=['sigmoid', 'minmax'], sfl_norm=['teacher_mass', 'anchors'],
@@ -630,7 +632,7 @@ def stage1_config(cfg:TrainConfig)->TrainConfig:
     d['out'] = str(stage1_folder(cfg, _key(d)))
     return TrainConfig.from_dict(d)
 
-LATER_FIELDS = {'p_subset': 1.0, 'lr_stage2': None, 'plateau_patience': 1, 'plateau_monitor': 'auto'}   # fields added after stage-1 folders existed: left out of the key at their default, so old folders keep theirs
+LATER_FIELDS = {'p_subset': 1.0, 'lr_stage2': None, 'plateau_patience': 1, 'plateau_monitor': 'auto', 'select_by': 'auroc'}   # fields added after stage-1 folders existed: left out of the key at their default, so old folders keep theirs
 
 def _key(d:dict)->str:
     d = {k: v for k, v in d.items() if k not in RESUME_FREE and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
@@ -881,6 +883,13 @@ def validation_map(res:dict,  # from `evaluate(..., return_maps=True)` of a dete
                                  f"{list(res['classes'])}: its mAP is undefined; set plateau_monitor='auroc'")
     return float(np.mean(aps))
 
+def _check_val_boxes(ds, limit:int|None, setting:str):
+    "Before any training: a validation mAP needs an image labelled positive for a class with a box of that class."
+    n = len(ds.labels) if limit is None else min(len(ds.labels), int(limit))
+    if not any(len(ds._boxes[i][0]) and (ds.labels[i, ds._boxes[i][1]] == 1).any() for i in range(n)):
+        raise ValueError(f"{setting}='map' needs boxes on the validation split, and its {n} image(s) have no box on a positive "
+                         f"image of any class {list(ds.classes)}: its mAP is undefined; use {setting}='auroc'")
+
 # %% ../nbs/09_train.ipynb #722e6985
 class _Run:
     "One stage of one training run: its state (all that a checkpoint holds) and the loop over epochs and steps."
@@ -1007,6 +1016,9 @@ def _setup(self:_Run):
                                                            'map' if hasattr(unwrap(self.model), 'predict') else 'auroc')
     if self.monitor == 'map' and not hasattr(unwrap(self.model), 'predict'):
         raise ValueError(f"plateau_monitor='map' needs a detector (its boxes); method {self.M.name!r} gives maps: use 'auroc' or 'auto'")
+    if cfg.select_by == 'map' and not hasattr(unwrap(self.model), 'predict'):
+        raise ValueError(f"select_by='map' needs a detector (its boxes); method {self.M.name!r} gives maps: use 'auroc' or 'last'")
+    if 'map' in (self.monitor, cfg.select_by): _check_val_boxes(self.val_ds, cfg.limit_val, 'plateau_monitor' if self.monitor == 'map' else 'select_by')
     self.M.setup()
 
 # %% ../nbs/09_train.ipynb #ac4a99e9
@@ -1054,9 +1066,9 @@ def _validate(self:_Run)->dict:
     res = None
     if self.di.main:
         r = evaluate(self.model, self.val_ds, batch_size=max(1, 2 * self.cfg.batch_size), amp=self.amp, limit=self.cfg.limit_val,
-                     return_maps=self.monitor == 'map')
+                     return_maps='map' in (self.monitor, self.cfg.select_by))
         res = {'auroc': r['auroc'], 'mean_auroc': r['mean_auroc']}
-        if self.monitor == 'map': res['map'] = validation_map(r, self.val_ds.stride)
+        if 'map' in (self.monitor, self.cfg.select_by): res['map'] = validation_map(r, self.val_ds.stride)
     return _broadcast(res, self.di)
 
 @_patch
@@ -1075,6 +1087,9 @@ def _end_epoch(self:_Run, epoch:int):
         rec['plateau_score'] = v['map'] if self.monitor == 'map' else score
         rec['plateau_monitor'] = self.monitor if self.monitor == 'map' or score == v['mean_auroc'] else 'loss'
         self.sched.epoch_end(rec['plateau_score'])
+    if self.cfg.select_by != 'auroc':   # the score that keeps model.pt (the default's, AUROC, is val_mean_auroc already)
+        rec['select_by'] = self.cfg.select_by
+        rec['select_score'] = score = v['map'] if self.cfg.select_by == 'map' else float(epoch + 1)
     rec = _jsonable(rec)
     if self.di.main:
         with open(self.out/'metrics_log.jsonl', 'a') as f: f.write(json.dumps(_no_nan(rec), allow_nan=False) + '\n')

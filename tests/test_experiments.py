@@ -103,6 +103,24 @@ def test_plain_papermill_and_overrides(tmp_path, phantom_root):
     assert set(m['config']) >= set(template_parameters())
 
 
+def test_the_template_records_the_selection_rule(tmp_path, phantom_root):
+    """metrics.json says which rule kept model.pt and with what score: a detector's validation mAP, or the last epoch.
+    The test preset's four validation images hold no box: 'map' is refused there before any training."""
+    with pytest.raises(ex.RunFailed, match=r"select_by='map' needs boxes on the validation split, and its 4 image\(s\)"):
+        run_experiment('test', {'method': 'retinanet', 'root': str(phantom_root), 'select_by': 'map'}, out=tmp_path / 'no_box')
+    assert not (tmp_path / 'no_box' / 'metrics_log.jsonl').exists()
+    boxed = {'root': str(tmp_path / 'ph'), 'phantom_positive_rate': 0.5, 'phantom_r_fraction': 0.5, 'epochs_stage1': 2}
+    for method, rule, said in [('retinanet', 'map', 'val_map'), ('mean_teacher', 'last', 'last epoch')]:
+        m = run_experiment('test', {'method': method, 'select_by': rule, **boxed}, out=tmp_path / rule)
+        best, log = m['best'], [json.loads(l) for l in log_lines(tmp_path / rule)]
+        assert m['config']['select_by'] == rule and best['selected_by'] == said, best
+        line = [r for r in log if (r['stage'], r['epoch']) == (best['stage'], best['epoch'])][0]
+        assert line['select_by'] == rule
+        if rule == 'map':
+            assert best['val_map'] == line['select_score'] == max(r['select_score'] for r in log)
+        else: assert (best['stage'], best['epoch']) == (log[-1]['stage'], log[-1]['epoch']) == (2, 2)
+
+
 def test_unknown_parameter_and_failed_run(tmp_path, phantom_root):
     with pytest.raises(ValueError, match='unknown parameter'): run_experiment('test', {'methd': 'aals'}, out=tmp_path / 'x')
     with pytest.raises(RunFailed, match='train.ipynb'):
@@ -361,7 +379,7 @@ def test_every_field_can_be_set_with_p():
              'consistency': 'mse', 'p_negative': 'none', 'self_teacher_bn': 'train', 'split_scheme': 'holdout',
              'classes': 'rib_fracture', 'data': 'x.csv', 'chexnet_net': 'densenet121', 'cam_norm': 'minmax',
              'sfl_norm': 'anchors', 'gpa_pairs': 'all', 'gpa_distance': 'sum', 'alpha': 0.99, 'anchor_size': 12.0,
-             'grad_clip': 5.0, 'lr_stage2': 1e-5, 'plateau_monitor': 'map'}.get(f.name)
+             'grad_clip': 5.0, 'lr_stage2': 1e-5, 'plateau_monitor': 'map', 'select_by': 'last'}.get(f.name)
         if v is None:
             d = f.default
             v = (not d) if isinstance(d, bool) else (d + 1 if isinstance(d, int) else (d / 2 if isinstance(d, float) else

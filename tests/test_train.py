@@ -114,6 +114,43 @@ def test_plateau_schedule_follows_the_validation_score(phantom, tmp_path):
         train(tiny(phantom, tmp_path/'bad', method='mean_teacher', scheduler='plateau', plateau_monitor='map'))
 
 
+def test_select_by_keeps_the_chosen_epoch(phantom, tmp_path, monkeypatch):
+    """`select_by` picks the epoch kept as model.pt (the papers' validation AUROC by default): a detector's validation
+    mAP, or the last epoch; each is its own stage 1, and a setting that cannot be scored is refused before training."""
+    torch.set_num_threads(1)
+    base = dict(epochs_stage1=3, limit_batches=1)
+    maps, real = iter([0.2, 0.5, 0.3]), T.validation_map   # the tiny phantom's mAPs are all 0: given ones show the rule
+    monkeypatch.setattr(T, 'validation_map', lambda res, stride: (real(res, stride), next(maps))[1])
+    r = train(tiny(phantom, tmp_path/'ret_map', method='retinanet', select_by='map', **base))   # the supervised arm: stage 1's model
+    monkeypatch.undo()
+    log = read_log(tmp_path/'ret_map')
+    assert set(log['select_by']) == {'map'} and log['select_score'].tolist() == [0.2, 0.5, 0.3]
+    ck = load_checkpoint(tmp_path/'ret_map'/'model.pt')
+    assert (ck['epoch'], ck['metrics']['select_score'], ck['config']['select_by']) == (2, 0.5, 'map')
+    auroc = train(tiny(phantom, tmp_path/'ret_auroc', method='retinanet', **base))
+    assert auroc['stage1_model'] != r['stage1_model']                          # which epoch stage 1 keeps: its own folder
+    assert 'select_by' not in read_log(tmp_path/'ret_auroc')                    # the default logs as before
+    ck_a = load_checkpoint(tmp_path/'ret_auroc'/'model.pt')
+    assert ck_a['epoch'] == int(np.argmax(read_log(tmp_path/'ret_auroc')['val_mean_auroc'].to_numpy())) + 1
+    m = train(tiny(phantom, tmp_path/'mt_last', method='mean_teacher', select_by='last', epochs_stage1=2, epochs_stage2=2, limit_batches=1))
+    assert read_log(tmp_path/'mt_last')['select_score'].tolist() == [1., 2., 1., 2.]
+    ck, s1 = load_checkpoint(tmp_path/'mt_last'/'model.pt'), load_checkpoint(m['stage1_model'])
+    assert (ck['stage'], ck['epoch'], s1['stage'], s1['epoch']) == (2, 2, 1, 2)
+    with pytest.raises(ValueError, match="select_by='map' needs a detector"):
+        train(tiny(phantom, tmp_path/'bad', method='mean_teacher', select_by='map'))
+    with pytest.raises(ValueError, match="select_by='x' is not one of"): TrainConfig(select_by='x').check()
+    from types import SimpleNamespace as NS
+    no_box = NS(_boxes=[(np.zeros((0, 4)), np.zeros(0, np.int64))] * 3, labels=np.array([[1., 0.], [0., 0.], [1., 1.]]), classes=['a', 'b'])
+    with pytest.raises(ValueError, match=r"select_by='map' needs boxes on the validation split, and its 3 image\(s\)"):
+        T._check_val_boxes(no_box, None, 'select_by')
+    box_on_negative = NS(_boxes=[(np.ones((1, 4)), np.array([1]))], labels=np.array([[1., 0.]]), classes=['a', 'b'])
+    with pytest.raises(ValueError, match='no box on a positive'): T._check_val_boxes(box_on_negative, None, 'select_by')
+    located = NS(_boxes=[(np.zeros((0, 4)), np.zeros(0, np.int64)), (np.ones((1, 4)), np.array([1]))],
+                 labels=np.array([[0., 0.], [0., 1.]]), classes=['a', 'b'])
+    T._check_val_boxes(located, None, 'select_by')                            # a located positive: fine
+    with pytest.raises(ValueError, match='its 1 image'): T._check_val_boxes(located, 1, 'plateau_monitor')   # limit_val hides it
+
+
 def test_a_new_method_is_an_addition(phantom, tmp_path):
     "A method registered from outside runs through the unchanged loop; the loop never branches on the method's name."
     src = inspect.getsource(T._Run) + ''.join(inspect.getsource(getattr(T._Run, n)) for n in
