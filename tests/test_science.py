@@ -38,6 +38,8 @@ def science(tmp_path_factory):
         fake_run(runs / f'aals_lr{s}', 'aals', s, {'pixel_froc': 0.80 + 0.015 * s}, lr_stage2=4e-5)
     fake_run(runs / 'dyn0', 'dynamic', 0, {'component_froc': 0.5})   # one seed only
     for s in range(2): fake_run(runs / f'rn{s}', 'retinanet', s, {}, coco=0.03 - 0.01 * s, coco_ci=[0.01 - 0.005 * s, 0.06])
+    for s in range(2):   # RetinaNet keeping its best validation-mAP epoch: 0.02 above the AUROC-kept run at both seeds
+        fake_run(runs / f'rn_map{s}', 'retinanet', s, {}, coco=0.05 - 0.0095 * s, coco_ci=[0.02, 0.08], select_by='map')
     fake_run(runs / 'ox0', 'oxnet', 0, {}, coco=0.04)   # from before the template wrote coco_ci, and its boxes are gone
     fa = root / 'fracatlas'   # FracAtlas: one class; AALS below supervised on pixel FROC in every seed, Mean Teacher a coin flip
     for s in range(3):
@@ -109,7 +111,7 @@ def test_arms_and_compute_tables(science):
                        '| rib COCO AP40-75 | rib AP40 | rib AP75 |')
     names = [l.split(' | ')[0].lstrip('| ') for l in arms[2:]]
     assert names == ['supervised pre-training', 'Mean Teacher', 'AALS', 'RetinaNet', 'dynamic sharpening', 'aals t=0.2 a0=4', 'OXnet',
-                     'mean_teacher λ=0', 'aals lr2=4e-05'], names   # the papers' order, the control and the sensitivity run last
+                     'mean_teacher λ=0', 'aals lr2=4e-05', 'retinanet by map'], names   # the papers' order, the control and the sensitivity run last
     mt = next(l for l in arms if l.startswith('| Mean Teacher |'))
     assert mt.startswith('| Mean Teacher | 4 | ') and mt.split(' | ')[3].startswith('0.730 [')   # rib pixel FROC 0.70-0.76
     dyn = next(l for l in arms if l.startswith('| dynamic sharpening |'))
@@ -117,18 +119,18 @@ def test_arms_and_compute_tables(science):
     comp = (out / 'science_compute.md').read_text().splitlines()
     assert comp[2:] == ['| AALS Table 1 | 14 | 14 |', '| dynamic sharpening Table 1 | 1 | 1 |', '| AALS Table 2 (t) | 4 | 4 |',
                         '| OXnet Table 1 (ablation) | 1 | 1 |', '| control: stage 2 without distillation | 4 | 4 |',
-                        "| sensitivity: stage 2 at the papers' learning rate | 4 | 4 |"], comp
+                        "| sensitivity: stage 2 at the papers' learning rate | 4 | 4 |", '| sensitivity: the epoch kept (select_by) | 2 | 2 |'], comp
 
 
 def test_detector_runs_carry_their_coco_interval(science):
     "Per detector run, COCO AP with its bootstrap interval; a run without one (and without its boxes) says why, and keeps its AP."
     out, nb = science
     tab = pd.read_csv(out / 'science_per_run_coco.csv', index_col='seed', keep_default_na=False)
-    assert list(tab.columns) == ['retinanet', 'oxnet'], list(tab.columns)
+    assert list(tab.columns) == ['retinanet', 'oxnet', 'retinanet by map'], list(tab.columns)
     assert tab.loc[0, 'retinanet'] == '0.030 [0.010, 0.060]' and tab.loc[1, 'retinanet'] == '0.020 [0.005, 0.060]'
     assert tab.loc[0, 'oxnet'] == '0.040' and tab.loc[1, 'oxnet'] == ''
     md = (out / 'science_per_run_coco.md').read_text().splitlines()
-    assert md[0] == '| seed | RetinaNet | OXnet |' and md[2] == '| 0 | 0.030 [0.010, 0.060] | 0.040 |', md
+    assert md[0] == '| seed | RetinaNet | OXnet | retinanet by map |' and md[2] == '| 0 | 0.030 [0.010, 0.060] | 0.040 | 0.050 [0.020, 0.080] |', md
     text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))
     assert 'ox0: no interval of COCO AP' in text and 'detections.json: missing' in text, text[-2000:]
 
@@ -170,6 +172,16 @@ def test_stage2_at_the_papers_rate_is_its_own_arm_and_read_like_the_control(scie
     assert r[('aals lr2=4e-05', 'mean_teacher lr2=4e-05', 'rib pixel_froc')] == 'not run'        # listed, never dropped
     assert r[('oxnet lr2=1e-05', 'retinanet', 'rib coco_ap')] == 'not run'
     assert len(r) == 2 * 2 * 8 + 2 + 4 and 'reproduced' not in (out / 'science_lr.md').read_text()
+
+
+def test_the_epoch_kept_is_its_own_arm_and_read_against_the_same_detector(science):
+    "A run with select_by 'map' is the arm `retinanet by map`, paired by seed with RetinaNet kept by validation AUROC."
+    out, _ = science
+    r = readings(out / 'science_select.md')
+    assert r[('retinanet by map', 'retinanet', 'rib coco_ap')] == 'A above B'                 # +0.02 at both seeds
+    assert r[('retinanet by map', 'retinanet', 'rib auroc')] == 'no difference shown (the interval holds 0)'
+    assert r[('fcos by map', 'fcos', 'rib coco_ap')] == 'not run'                              # listed, never dropped
+    assert len(r) == 10 and 'reproduced' not in (out / 'science_select.md').read_text()
 
 
 ARCHIVE = SCIENCE.parent / 'results' / 'science'
