@@ -1269,7 +1269,7 @@ def read_log(out:str|Path, # a run's output folder (or its metrics_log.jsonl)
 
 def plot_log(out:str|Path, # a run's output folder (or its metrics_log.jsonl)
             ):
-    "Figure: training losses and validation AUROC per class against the epoch (both stages in a row)."
+    "Figure: training losses, and validation AUROC per class (with a detector's validation mAP where the log has it), against the epoch (both stages in a row)."
     from cxr_fracture.figures import subplots
     df = read_log(out)
     fig, (a, b) = subplots(1, 2, figsize=(10, 3.5), layout=None)
@@ -1280,6 +1280,10 @@ def plot_log(out:str|Path, # a run's output folder (or its metrics_log.jsonl)
     a.set_xlabel('epoch (stage 1, then stage 2)'); a.set_ylabel('loss'); a.set_yscale('log'); a.legend()
     for c in [c for c in df.columns if c.startswith('val_auroc.')]: b.plot(x, df[c], marker='o', label=c.split('.', 1)[1])
     b.plot(x, df['val_mean_auroc'], 'k--', label='mean'); b.set_xlabel('epoch (stage 1, then stage 2)'); b.set_ylabel('validation AUROC'); b.legend()
+    for rule, score in (('select_by', 'select_score'), ('plateau_monitor', 'plateau_score')):   # a detector's validation mAP, where measured
+        if rule in df and (df[rule] == 'map').any():
+            b.plot(x, df[score].where(df[rule] == 'map'), 'k:', marker='s', label='mAP (AP40-75)')
+            b.set_ylabel('validation AUROC / mAP'); b.legend(); break
     if (df['stage'] == 2).any() and (df['stage'] == 1).any():
         for ax in (a, b): ax.axvline((df['stage'] == 1).sum() + 0.5, color='grey', lw=0.8)
     fig.tight_layout()

@@ -127,6 +127,8 @@ def test_select_by_keeps_the_chosen_epoch(phantom, tmp_path, monkeypatch):
     assert set(log['select_by']) == {'map'} and log['select_score'].tolist() == [0.2, 0.5, 0.3]
     ck = load_checkpoint(tmp_path/'ret_map'/'model.pt')
     assert (ck['epoch'], ck['metrics']['select_score'], ck['config']['select_by']) == (2, 0.5, 'map')
+    curve = [l for l in T.plot_log(tmp_path/'ret_map').axes[1].lines if l.get_label() == 'mAP (AP40-75)']   # the figure shows it
+    assert len(curve) == 1 and list(curve[0].get_ydata()) == [0.2, 0.5, 0.3]
     auroc = train(tiny(phantom, tmp_path/'ret_auroc', method='retinanet', **base))
     assert auroc['stage1_model'] != r['stage1_model']                          # which epoch stage 1 keeps: its own folder
     assert 'select_by' not in read_log(tmp_path/'ret_auroc')                    # the default logs as before
