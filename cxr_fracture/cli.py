@@ -22,6 +22,7 @@ COMMANDS = {  # subcommand -> (module that registers it, one-line help)
     'sweep':          ('experiments', 'expand a grid of runs (sequential, per GPU, or a Slurm array)'),
     'demo':           ('experiments', 'the main job: phantom, then supervised / Mean Teacher / AALS / dynamic'),
     'archive':        ('experiments', "copy finished runs' records (metrics, logs; no models) into an archive to commit"),
+    'compare':        ('experiments', "two runs' image AUROC on the same test images, with DeLong's paired interval"),
     'bench':          ('bench',    'images/s of the training step per speed variant, the loader, the evaluation'),
 }
 

@@ -8,7 +8,7 @@ __all__ = ['PATH_PARAMS', 'KEYWORDS', 'GRID_KEYS', 'DATA_PARAMS', 'BUSY', 'ARCHI
            'parse_value', 'resolve_params', 'RunFailed', 'run_experiment', 'start_attempt', 'end_attempt',
            'expand_grid', 'slurm_script', 'prepare_data', 'sweep', 'archive_run', 'archive_runs', 'method_title',
            'collect_runs', 'coco_intervals', 'comparison_table', 't_interval', 'over_seeds', 'fmt_interval',
-           'froc_points', 'plot_froc_curves', 'EpochProgress', 'demo', 'format_comparison', 'add_cli']
+           'compare_runs', 'froc_points', 'plot_froc_curves', 'EpochProgress', 'demo', 'format_comparison', 'add_cli']
 
 # %% ../nbs/12_experiments.ipynb #9a068fc7
 import ast, itertools, json, os, subprocess, sys, time
@@ -559,6 +559,54 @@ def fmt_interval(mean:float, lo:float, hi:float, digits:int=3, signed:bool=False
     f = f'{{:{"+" if signed else ""}.{digits}f}}'
     return f.format(mean) + ('' if lo != lo else f' [{f.format(lo)}, {f.format(hi)}]')
 
+# %% ../nbs/12_experiments.ipynb #c0a1b2c4
+def compare_runs(a:str|Path, # a finished run folder (its predictions.csv)
+                 b:str|Path, # another, scored on the same test images
+                 level:float=0.95,
+                ) -> pd.DataFrame: # cls, n_pos, n_neg, auroc_a, auroc_b, diff, lo, hi, p
+    "Per class, the two runs' image AUROC on the same test images and DeLong's paired interval of their difference."
+    import numpy as np
+    from cxr_fracture.metrics import delong_test
+    paths = [Path(r)/'predictions.csv' for r in (a, b)]
+    tabs = []
+    for p in paths:
+        if not p.is_file(): raise FileNotFoundError(f"{p}: missing; compare_runs reads each run's predictions.csv (the template writes it)")
+        t = pd.read_csv(p, dtype={'image_id': str})
+        if 'image_id' not in t: raise ValueError(f'{p}: no image_id column')
+        dup = t.image_id[t.image_id.duplicated()]
+        if len(dup): raise ValueError(f'{p}: image {dup.iloc[0]!r} appears more than once (row {int(dup.index[0]) + 2})')
+        tabs.append(t.set_index('image_id'))
+    A, B = tabs
+    only_a, only_b = sorted(set(A.index) - set(B.index)), sorted(set(B.index) - set(A.index))
+    if only_a or only_b:
+        raise ValueError(f'{paths[0]} and {paths[1]} scored different test images ({len(only_a)} only in the first, e.g. '
+                         f'{only_a[:2]}; {len(only_b)} only in the second, e.g. {only_b[:2]}): a paired comparison needs the same '
+                         f'images (the same data, fold and split)')
+    B = B.loc[A.index]
+    classes = [c[:-6] for c in A.columns if c.endswith('_score') and c[:-6] in A and c in B and c[:-6] in B]
+    if not classes: raise ValueError(f'{paths[0]} and {paths[1]}: no class with labels and scores in both')
+    rows = []
+    for c in classes:
+        la, lb = pd.to_numeric(A[c], errors='coerce'), pd.to_numeric(B[c], errors='coerce')
+        differ = ~((la == lb) | (la.isna() & lb.isna()))
+        if differ.any():
+            i = differ.idxmax()
+            raise ValueError(f'{paths[0]} and {paths[1]}: image {i!r} is labelled {la[i]} for {c} in one and {lb[i]} in the other: '
+                             f'not the same ground truth')
+        keep = la.isin([0, 1]).to_numpy()
+        sa, sb = (pd.to_numeric(T[f'{c}_score'], errors='coerce').to_numpy()[keep] for T in (A, B))
+        for p, s in zip(paths, (sa, sb)):
+            if np.isnan(s).any():
+                raise ValueError(f'{p}: image {A.index[keep][np.isnan(s)][0]!r} has no {c}_score although it is labelled')
+        y = la.to_numpy()[keep].astype(int)
+        if len(set(y)) < 2:
+            rows.append(dict(cls=c, n_pos=int(y.sum()), n_neg=int((1 - y).sum()), auroc_a=np.nan, auroc_b=np.nan, diff=np.nan,
+                             lo=np.nan, hi=np.nan, p=np.nan)); continue   # one label only: no AUROC, said as NaN
+        t = delong_test(sa, sb, y, level=level)
+        rows.append(dict(cls=c, n_pos=int(y.sum()), n_neg=int((1 - y).sum()), auroc_a=t.auc_a, auroc_b=t.auc_b, diff=t.diff,
+                         lo=float(t.ci[0]), hi=float(t.ci[1]), p=t.p))
+    return pd.DataFrame(rows)
+
 # %% ../nbs/12_experiments.ipynb #9a1287ea
 def froc_points(runs:pd.DataFrame, # from `collect_runs`
                ) -> pd.DataFrame:
@@ -793,8 +841,16 @@ def _archive_cli(args) -> int:
     print(rep.status.value_counts().to_string())
     return 1 if rep.status.isin(['conflict', 'failed']).any() else 0
 
+def _compare_cli(args) -> int:
+    try: tab = compare_runs(args.run_a, args.run_b, level=args.level)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'cxr-fracture compare: error: {e}', file=sys.stderr); return 2
+    print(f'A: {args.run_a}\nB: {args.run_b}\nimage AUROC on the same test images; A - B with DeLong\'s paired {args.level:.0%} interval')
+    print(tab.to_string(index=False, float_format=lambda v: f'{v:.3g}' if abs(v) < 1e-3 and v else f'{v:.3f}'))
+    return 0
+
 def add_cli(sub): # the subparsers of the `cxr-fracture` parser
-    "Register `run`, `sweep`, `demo` and `archive`."
+    "Register `run`, `sweep`, `demo`, `archive` and `compare`."
     p = sub.add_parser('run', help='run the papermill training template with a preset',
                        description='Run nbs/experiments/train.ipynb through papermill with a preset and overrides; '
                                    'writes the executed notebook, model.pt, checkpoints/, figures and metrics.json into --out.')
@@ -837,3 +893,11 @@ def add_cli(sub): # the subparsers of the `cxr-fracture` parser
     p.add_argument('--overwrite', action='store_true', help='replace archived records that differ')
     p.add_argument('--max-bytes', type=int, default=1_000_000, help='leave out (and report) a record larger than this (default: 1000000)')
     p.set_defaults(func=_archive_cli)
+    p = sub.add_parser('compare', help="two runs' image AUROC on the same test images, with DeLong's paired interval",
+                       description="Read RUN_A's and RUN_B's predictions.csv (the same test images and labels, else an error) and print, "
+                                   "per class, each run's image AUROC and A - B with DeLong's paired interval and p value. It speaks of "
+                                   'those test images only, not of the variation between seeds.')
+    p.add_argument('run_a', metavar='RUN_A', help='a finished run folder (its predictions.csv)')
+    p.add_argument('run_b', metavar='RUN_B', help='another run, scored on the same test images')
+    p.add_argument('--level', type=float, default=0.95, help='confidence level of the interval (default: 0.95)')
+    p.set_defaults(func=_compare_cli)

@@ -79,3 +79,24 @@ def test_a_broken_pipe_that_is_not_stdout_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(cli, '_run', boom)
     import pytest
     with pytest.raises(BrokenPipeError, match='a socket'): cli.main([])
+
+
+def test_compare_two_runs_and_its_bad_input(tmp_path):
+    "`compare` prints each class's paired AUROC difference; runs on other images are one line on stderr, exit 2."
+    import numpy as np, pandas as pd
+    from cxr_fracture.metrics import delong_test
+    y = np.array([0, 0, 1, 0, 1, 1, 0, 0, 1, 0] * 3, float); rng = np.random.default_rng(1)
+    s = {k: y + rng.normal(0, sd, len(y)) for k, sd in (('a', 0.4), ('b', 1.2))}
+    for k in s:
+        (tmp_path / k).mkdir()
+        pd.DataFrame({'image_id': [f'i{i}' for i in range(len(y))], 'rib': y, 'rib_score': s[k]}).to_csv(tmp_path / k / 'predictions.csv', index=False)
+    r = subprocess.run([CLI, 'compare', str(tmp_path / 'a'), str(tmp_path / 'b')], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == '', r.stderr
+    t = delong_test(s['a'], s['b'], y)
+    row = r.stdout.splitlines()[-1].split()
+    assert row[:3] == ['rib', '12', '18'] and [float(v) for v in row[3:6]] == [round(t.auc_a, 3), round(t.auc_b, 3), round(t.diff, 3)], r.stdout
+    (tmp_path / 'c').mkdir()
+    pd.read_csv(tmp_path / 'b' / 'predictions.csv').iloc[:-1].to_csv(tmp_path / 'c' / 'predictions.csv', index=False)
+    r = subprocess.run([CLI, 'compare', str(tmp_path / 'a'), str(tmp_path / 'c')], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == '' and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith('cxr-fracture compare: error: ') and 'scored different test images' in r.stderr, r.stderr
