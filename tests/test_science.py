@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -40,6 +41,10 @@ def science(tmp_path_factory):
     for s in range(2): fake_run(runs / f'rn{s}', 'retinanet', s, {}, coco=0.03 - 0.01 * s, coco_ci=[0.01 - 0.005 * s, 0.06])
     for s in range(2):   # RetinaNet keeping its best validation-mAP epoch: 0.02 above the AUROC-kept run at both seeds
         fake_run(runs / f'rn_map{s}', 'retinanet', s, {}, coco=0.05 - 0.0095 * s, coco_ci=[0.02, 0.08], select_by='map')
+    y = [1, 0, 0, 1, 0, 0, 1, 0]   # seed 0's two RetinaNet runs on the same test images (seed 1's have no predictions.csv)
+    for name, sc in (('rn0', [.9, .2, .3, .4, .5, .1, .8, .6]), ('rn_map0', [.9, .2, .3, .8, .5, .1, .8, .6])):
+        pd.DataFrame({'image_id': [f'i{i}' for i in range(8)], **{c: y for c in CHEST}, **{f'{c}_score': sc for c in CHEST}}).to_csv(
+            runs / name / 'predictions.csv', index=False)
     fake_run(runs / 'ox0', 'oxnet', 0, {}, coco=0.04)   # from before the template wrote coco_ci, and its boxes are gone
     fa = root / 'fracatlas'   # FracAtlas: one class; AALS below supervised on pixel FROC in every seed, Mean Teacher a coin flip
     for s in range(3):
@@ -176,12 +181,20 @@ def test_stage2_at_the_papers_rate_is_its_own_arm_and_read_like_the_control(scie
 
 def test_the_epoch_kept_is_its_own_arm_and_read_against_the_same_detector(science):
     "A run with select_by 'map' is the arm `retinanet by map`, paired by seed with RetinaNet kept by validation AUROC."
-    out, _ = science
+    out, nb = science
     r = readings(out / 'science_select.md')
     assert r[('retinanet by map', 'retinanet', 'rib coco_ap')] == 'A above B'                 # +0.02 at both seeds
     assert r[('retinanet by map', 'retinanet', 'rib auroc')] == 'no difference shown (the interval holds 0)'
     assert r[('fcos by map', 'fcos', 'rib coco_ap')] == 'not run'                              # listed, never dropped
     assert len(r) == 10 and 'reproduced' not in (out / 'science_select.md').read_text()
+    from cxr_fracture.metrics import delong_test
+    t = delong_test(np.array([.9, .2, .3, .8, .5, .1, .8, .6]), np.array([.9, .2, .3, .4, .5, .1, .8, .6]), np.array([1, 0, 0, 1, 0, 0, 1, 0]))
+    img = (out / 'science_select_images.md').read_text().splitlines()   # seed 0 paired image by image; seed 1 said, not dropped silently
+    assert img[0] == '| A − B | seed | fold | class | AUROC A / B | A − B [DeLong interval] | p |' and len(img) == 4, img
+    assert img[2] == (f'| retinanet by map − retinanet | 0 | 0 | rib_fracture | {t.auc_a:.3f} / {t.auc_b:.3f} | '
+                      f'{t.diff:+.3f} [{t.ci[0]:+.3f}, {t.ci[1]:+.3f}] | {t.p:.3g} |'), img[2]
+    text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))
+    assert 'retinanet by map − retinanet, seed 1: not paired on its test images' in text and 'predictions.csv: missing' in text
 
 
 ARCHIVE = SCIENCE.parent / 'results' / 'science'
