@@ -35,11 +35,18 @@ def _section(text, title):
     return m and m.group(1).strip()
 
 
+def test_readme_and_index_open_with_the_same_words():
+    "The text above the first section: the title, the one-line description (wrapped differently) and the introduction."
+    readme, index = (REPO / 'README.md').read_text(), _index_text()
+    words = lambda t: ' '.join(t.split('\n## ', 1)[0].replace('\n> ', ' ').split())
+    assert words(readme) == words(index)
+
+
 def test_readme_and_index_report_the_same_measurements():
     readme, index = (REPO / 'README.md').read_text(), _index_text()
-    for title in ('What the demo measured', 'The science on the phantom', 'The AALS Table 1 on the phantom',
-                  "The papers' claims on the calibrated phantom", 'Real data: FracAtlas',
-                  'Measured figures'):
+    for title in ('The two commands', 'Data, honestly', 'What the demo measured', 'The science on the phantom',
+                  'The AALS Table 1 on the phantom', "The papers' claims on the calibrated phantom", 'Real data: FracAtlas',
+                  'Measured figures', 'Your own data'):
         assert _section(readme, title), f'README has no section {title!r}'
         # links are relative to each file: README.md sits at the root, index.ipynb in nbs/
         same = _section(index, title).replace('](../', '](')
