@@ -1182,6 +1182,9 @@ def _run(self:_Run, resume:bool=False)->dict:
     if ck is not None: self.load(ck)
     E = cfg.epochs_stage1 if self.stage == 1 else cfg.epochs_stage2
     while self.epoch < E: self.run_epoch(self.epoch)
+    if di.main and cfg.select_by == 'map' and self.best and self.best['score'] <= 0:   # kept, but by no evidence: say so
+        print(f"cxr-fracture train: warning (stage {self.stage}): select_by='map', and the validation mAP was 0 in every epoch: "
+              f"model.pt is epoch {self.best['epoch']}, the first, not a chosen one", file=sys.stderr)
     if di.main: self.store_operating_point()
     return {'out': str(self.out), 'model': str(self.out/'model.pt'), 'best': self.best, 'global_step': self.gstep, 'last': self.last}
 

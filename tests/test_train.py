@@ -114,7 +114,7 @@ def test_plateau_schedule_follows_the_validation_score(phantom, tmp_path):
         train(tiny(phantom, tmp_path/'bad', method='mean_teacher', scheduler='plateau', plateau_monitor='map'))
 
 
-def test_select_by_keeps_the_chosen_epoch(phantom, tmp_path, monkeypatch):
+def test_select_by_keeps_the_chosen_epoch(phantom, tmp_path, monkeypatch, capfd):
     """`select_by` picks the epoch kept as model.pt (the papers' validation AUROC by default): a detector's validation
     mAP, or the last epoch; each is its own stage 1, and a setting that cannot be scored is refused before training."""
     torch.set_num_threads(1)
@@ -129,6 +129,10 @@ def test_select_by_keeps_the_chosen_epoch(phantom, tmp_path, monkeypatch):
     assert (ck['epoch'], ck['metrics']['select_score'], ck['config']['select_by']) == (2, 0.5, 'map')
     curve = [l for l in T.plot_log(tmp_path/'ret_map').axes[1].lines if l.get_label() == 'mAP (AP40-75)']   # the figure shows it
     assert len(curve) == 1 and list(curve[0].get_ydata()) == [0.2, 0.5, 0.3]
+    assert 'validation mAP was 0 in every epoch' not in capfd.readouterr().err
+    train(tiny(phantom, tmp_path/'ret_map0', method='retinanet', select_by='map', epochs_stage1=2, limit_batches=1))   # the real mAPs: all 0
+    assert read_log(tmp_path/'ret_map0')['select_score'].tolist() == [0.0, 0.0]
+    assert "select_by='map', and the validation mAP was 0 in every epoch: model.pt is epoch 1" in capfd.readouterr().err
     auroc = train(tiny(phantom, tmp_path/'ret_auroc', method='retinanet', **base))
     assert auroc['stage1_model'] != r['stage1_model']                          # which epoch stage 1 keeps: its own folder
     assert 'select_by' not in read_log(tmp_path/'ret_auroc')                    # the default logs as before
