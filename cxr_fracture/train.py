@@ -1284,9 +1284,9 @@ def plot_log(out:str|Path, # a run's output folder (or its metrics_log.jsonl)
     for c in [c for c in df.columns if c.startswith('val_auroc.')]: b.plot(x, df[c], marker='o', label=c.split('.', 1)[1])
     b.plot(x, df['val_mean_auroc'], 'k--', label='mean'); b.set_xlabel('epoch (stage 1, then stage 2)'); b.set_ylabel('validation AUROC'); b.legend()
     for rule, score in (('select_by', 'select_score'), ('plateau_monitor', 'plateau_score')):   # a detector's validation mAP, where measured
-        if rule in df and (df[rule] == 'map').any():
-            b.plot(x, df[score].where(df[rule] == 'map'), 'k:', marker='s', label='mAP (AP40-75)')
-            b.set_ylabel('validation AUROC / mAP'); b.legend(); break
+        if rule in df and (df[rule] == 'map').any():   # its own axis: a weak detector's mAP (0.01-0.03) would lie flat on AUROC's
+            m = b.twinx(); m.plot(x, df[score].where(df[rule] == 'map'), 'k:', marker='s', label='mAP (AP40-75)')
+            m.set_ylabel('validation mAP (AP40-75), dotted'); m.set_ylim(bottom=0); m.legend(loc='lower right'); break
     if (df['stage'] == 2).any() and (df['stage'] == 1).any():
         for ax in (a, b): ax.axvline((df['stage'] == 1).sum() + 0.5, color='grey', lw=0.8)
     fig.tight_layout()

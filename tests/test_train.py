@@ -127,8 +127,10 @@ def test_select_by_keeps_the_chosen_epoch(phantom, tmp_path, monkeypatch, capfd)
     assert set(log['select_by']) == {'map'} and log['select_score'].tolist() == [0.2, 0.5, 0.3]
     ck = load_checkpoint(tmp_path/'ret_map'/'model.pt')
     assert (ck['epoch'], ck['metrics']['select_score'], ck['config']['select_by']) == (2, 0.5, 'map')
-    curve = [l for l in T.plot_log(tmp_path/'ret_map').axes[1].lines if l.get_label() == 'mAP (AP40-75)']   # the figure shows it
-    assert len(curve) == 1 and list(curve[0].get_ydata()) == [0.2, 0.5, 0.3]
+    fig = T.plot_log(tmp_path/'ret_map')   # the figure shows it, on its own axis beside the AUROC panel's
+    curve = [(a, l) for a in fig.axes for l in a.lines if l.get_label() == 'mAP (AP40-75)']
+    assert len(curve) == 1 and list(curve[0][1].get_ydata()) == [0.2, 0.5, 0.3] and curve[0][0] is not fig.axes[1]
+    assert curve[0][0].get_ylim()[1] >= 0.5 and curve[0][0].bbox.bounds == fig.axes[1].bbox.bounds
     assert 'validation mAP was 0 in every epoch' not in capfd.readouterr().err
     train(tiny(phantom, tmp_path/'ret_map0', method='retinanet', select_by='map', epochs_stage1=2, limit_batches=1))   # the real mAPs: all 0
     assert read_log(tmp_path/'ret_map0')['select_score'].tolist() == [0.0, 0.0]
@@ -144,6 +146,11 @@ def test_select_by_keeps_the_chosen_epoch(phantom, tmp_path, monkeypatch, capfd)
     assert (ck['stage'], ck['epoch'], s1['stage'], s1['epoch']) == (2, 2, 1, 2)
     with pytest.raises(ValueError, match="select_by='map' needs a detector"):
         train(tiny(phantom, tmp_path/'bad', method='mean_teacher', select_by='map'))
+    def no_step(self, b): raise AssertionError('a step was trained before the refusal')
+    monkeypatch.setattr(T._Run, 'train_step', no_step)   # refused before the first step, not after an epoch
+    with pytest.raises(ValueError, match=r"select_by='map' needs boxes on the validation split, and its 1 image\(s\)"):
+        train(tiny(phantom, tmp_path/'no_box', method='retinanet', select_by='map', limit_val=1))
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="select_by='x' is not one of"): TrainConfig(select_by='x').check()
     from types import SimpleNamespace as NS
     no_box = NS(_boxes=[(np.zeros((0, 4)), np.zeros(0, np.int64))] * 3, labels=np.array([[1., 0.], [0., 0.], [1., 1.]]), classes=['a', 'b'])
