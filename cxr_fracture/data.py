@@ -295,6 +295,11 @@ class FractureDataset(torch.utils.data.Dataset):
         img, _ = xio.read_xray(xio.resolve_in_root(self.root, str(self.df['path'].iat[i])))
         return xio.letterbox(img, self.size)
 
+    def boxes_of(self, i:int)->tuple:
+        "Item `i`'s boxes as the model may see them: (k, 4) x1, y1, x2, y2 in the original image's pixels, and (k,) class indices (empty where `box_roles` hides them)."
+        b, k = self._boxes[int(i)]
+        return b.copy(), k.copy()
+
     def has_mask(self, i:int)->np.ndarray:
         "(C,) bool: which class masks of item `i` are supervision (R/N role, and boxes or label 0)."
         C = len(self.classes)

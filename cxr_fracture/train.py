@@ -886,7 +886,7 @@ def validation_map(res:dict,  # from `evaluate(..., return_maps=True)` of a dete
 def _check_val_boxes(ds, limit:int|None, setting:str):
     "Before any training: a validation mAP needs an image labelled positive for a class with a box of that class."
     n = len(ds.labels) if limit is None else min(len(ds.labels), int(limit))
-    if not any(len(ds._boxes[i][0]) and (ds.labels[i, ds._boxes[i][1]] == 1).any() for i in range(n)):
+    if not any((ds.labels[i, ds.boxes_of(i)[1]] == 1).any() for i in range(n)):
         raise ValueError(f"{setting}='map' needs boxes on the validation split, and its {n} image(s) have no box on a positive "
                          f"image of any class {list(ds.classes)}: its mAP is undefined; use {setting}='auroc'")
 
@@ -1018,7 +1018,8 @@ def _setup(self:_Run):
         raise ValueError(f"plateau_monitor='map' needs a detector (its boxes); method {self.M.name!r} gives maps: use 'auroc' or 'auto'")
     if cfg.select_by == 'map' and not hasattr(unwrap(self.model), 'predict'):
         raise ValueError(f"select_by='map' needs a detector (its boxes); method {self.M.name!r} gives maps: use 'auroc' or 'last'")
-    if 'map' in (self.monitor, cfg.select_by): _check_val_boxes(self.val_ds, cfg.limit_val, 'plateau_monitor' if self.monitor == 'map' else 'select_by')
+    self.needs_map = 'map' in (self.monitor, cfg.select_by)  # validation scores the detector's boxes each epoch
+    if self.needs_map: _check_val_boxes(self.val_ds, cfg.limit_val, 'plateau_monitor' if self.monitor == 'map' else 'select_by')
     self.M.setup()
 
 # %% ../nbs/09_train.ipynb #ac4a99e9
@@ -1066,9 +1067,9 @@ def _validate(self:_Run)->dict:
     res = None
     if self.di.main:
         r = evaluate(self.model, self.val_ds, batch_size=max(1, 2 * self.cfg.batch_size), amp=self.amp, limit=self.cfg.limit_val,
-                     return_maps='map' in (self.monitor, self.cfg.select_by))
+                     return_maps=self.needs_map)
         res = {'auroc': r['auroc'], 'mean_auroc': r['mean_auroc']}
-        if 'map' in (self.monitor, self.cfg.select_by): res['map'] = validation_map(r, self.val_ds.stride)
+        if self.needs_map: res['map'] = validation_map(r, self.val_ds.stride)
     return _broadcast(res, self.di)
 
 @_patch

@@ -224,8 +224,10 @@ def test_the_committed_per_run_table_is_parsed():
 
 def test_archived_reruns_reproduce_the_committed_record():
     """A detector run rerun into the archive (`archive:` in the science grids) against the committed notebook's output
-    of the run it repeats, trained on another machine before the archive existed: a run is deterministic on a CPU, so
-    its rib COCO AP and interval must agree to the digits shown."""
+    of the run it repeats, trained on another machine before the archive existed. The three reruns of 2026-12-07 ran on
+    a processor that reproduced the lost runs, so their rib COCO AP and interval must agree to the digits shown. A run
+    is deterministic on one processor, not across processors (README: the 2026-12-08 rerun), so a run that records
+    another processor (`versions.cpu`, written since) is not held to them."""
     committed = committed_per_run_coco()
     checked = []
     for m in sorted(ARCHIVE.rglob('metrics.json')):
@@ -236,6 +238,26 @@ def test_archived_reruns_reproduce_the_committed_record():
         key = (arm, int(cfg['seed']))
         r = j['results']['rib_fracture']
         if key not in committed or not r.get('coco'): continue
+        if 'cpu' in j.get('versions', {}): continue   # recorded since 2026-12-08: a run on another processor is another draw (README)
         assert with_ci(r['coco']['AP'], r['coco_ci']['AP']) == committed[key], (m, key)
         checked.append(key)
     if not checked: pytest.skip(f'no archived detector run under {ARCHIVE} repeats a run of the committed table')
+
+
+
+def test_the_readme_rerun_numbers_are_the_archive_s():
+    """The README's figures for the map arms rerun on another processor (2026-12-08) are what `tools/archive_claims.py`
+    reads from the archive: no number without the command that gives it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('archive_claims', SCIENCE.parents[2] / 'tools' / 'archive_claims.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    arms, pairs = mod.archive_claims(ARCHIVE)
+    if (arms.seeds < 5).any() or len(arms) < 24: pytest.skip('the archive does not hold the five seeds of the rerun map arms')
+    readme = (SCIENCE.parents[2] / 'README.md').read_text()
+    v = lambda a, m: arms[(arms.arm == a) & (arms.metric == m)].value.item()
+    d = lambda a, b, m: pairs[(pairs.A == a) & (pairs.B == b) & (pairs.metric == m)]['A - B'].item()
+    quoted = [v('supervised', 'rib_fracture auroc'), v('supervised', 'rib_fracture pixel_froc'),
+              d('aals', 'mean_teacher', 'rib_fracture pixel_froc'), d('aals', 'mean_teacher', 'clavicle_fracture pixel_froc'),
+              d('aals', 'supervised', 'rib_fracture pixel_froc'), d('mean_teacher', 'supervised', 'rib_fracture pixel_froc'),
+              d('mean_teacher', 'mean_teacher λ=0', 'rib_fracture pixel_froc'), d('aals', 'mean_teacher λ=0', 'rib_fracture pixel_froc')]
+    for q in quoted: assert q in readme, q

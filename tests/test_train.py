@@ -153,13 +153,13 @@ def test_select_by_keeps_the_chosen_epoch(phantom, tmp_path, monkeypatch, capfd)
     monkeypatch.undo()
     with pytest.raises(ValueError, match="select_by='x' is not one of"): TrainConfig(select_by='x').check()
     from types import SimpleNamespace as NS
-    no_box = NS(_boxes=[(np.zeros((0, 4)), np.zeros(0, np.int64))] * 3, labels=np.array([[1., 0.], [0., 0.], [1., 1.]]), classes=['a', 'b'])
+    fake = lambda boxes, labels: NS(boxes_of=lambda i: boxes[i], labels=np.array(labels), classes=['a', 'b'])   # a data set's parsed boxes
+    no_box = fake([(np.zeros((0, 4)), np.zeros(0, np.int64))] * 3, [[1., 0.], [0., 0.], [1., 1.]])
     with pytest.raises(ValueError, match=r"select_by='map' needs boxes on the validation split, and its 3 image\(s\)"):
         T._check_val_boxes(no_box, None, 'select_by')
-    box_on_negative = NS(_boxes=[(np.ones((1, 4)), np.array([1]))], labels=np.array([[1., 0.]]), classes=['a', 'b'])
+    box_on_negative = fake([(np.ones((1, 4)), np.array([1]))], [[1., 0.]])
     with pytest.raises(ValueError, match='no box on a positive'): T._check_val_boxes(box_on_negative, None, 'select_by')
-    located = NS(_boxes=[(np.zeros((0, 4)), np.zeros(0, np.int64)), (np.ones((1, 4)), np.array([1]))],
-                 labels=np.array([[0., 0.], [0., 1.]]), classes=['a', 'b'])
+    located = fake([(np.zeros((0, 4)), np.zeros(0, np.int64)), (np.ones((1, 4)), np.array([1]))], [[0., 0.], [0., 1.]])
     T._check_val_boxes(located, None, 'select_by')                            # a located positive: fine
     with pytest.raises(ValueError, match='its 1 image'): T._check_val_boxes(located, 1, 'plateau_monitor')   # limit_val hides it
 
