@@ -244,7 +244,6 @@ def test_archived_reruns_reproduce_the_committed_record():
     if not checked: pytest.skip(f'no archived detector run under {ARCHIVE} repeats a run of the committed table')
 
 
-
 def test_the_readme_rerun_numbers_are_the_archive_s():
     """The README's figures for the map arms rerun on another processor (2026-12-08) are what `tools/archive_claims.py`
     reads from the archive: no number without the command that gives it."""
